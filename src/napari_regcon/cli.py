@@ -1,0 +1,339 @@
+"""The ``napari-regcon`` command line: a thin door onto :mod:`napari_regcon.core`.
+
+Every command exits non-zero with one clear line on stderr for bad input and never leaves a
+half-written output behind (outputs are written to a temporary file and renamed into place).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from napari_regcon import __version__
+from napari_regcon.core.errors import RegconError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class _StopFlag:
+    """First Ctrl-C asks training to stop cleanly at the next step; a second one aborts."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._old: Any = None
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt
+        self.event.set()
+        print("\nnapari-regcon: stopping at the next step (Ctrl-C again to abort)...", file=sys.stderr)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+    def __call__(self) -> bool:
+        return self.event.is_set()
+
+
+def _progress(desc: str, quiet: bool) -> Callable[[Any], None]:
+    """A tqdm bar fed with training (Progress) or prediction (PredictEvent) events."""
+    from tqdm import tqdm
+
+    state: dict[str, Any] = {"bar": None}
+
+    def cb(ev: Any) -> None:
+        if quiet:
+            return
+        bar = state["bar"]
+        if bar is None:
+            bar = state["bar"] = tqdm(total=ev.total, desc=desc, file=sys.stderr, dynamic_ncols=True,
+                                      initial=getattr(ev, "step", 0) if getattr(ev, "event", "") == "start" else 0,
+                                      mininterval=0.5)
+            if getattr(ev, "device", ""):
+                bar.write(f"{desc}: training on {ev.device}", file=sys.stderr)
+        n = getattr(ev, "step", getattr(ev, "done", 0))
+        if n > bar.n:
+            bar.update(n - bar.n)
+        if getattr(ev, "event", "") == "step":
+            bar.set_postfix(loss=f"{ev.loss:.4f}", refresh=False)
+        if getattr(ev, "event", "") in ("done", "cancelled") or getattr(ev, "done", -1) == ev.total:
+            bar.close()
+    return cb
+
+
+def _parse_params(items: Sequence[str] | None) -> dict[str, Any]:
+    """``--param key=value`` pairs for a pretext; values are read as JSON when possible (numbers, lists)."""
+    params: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise RegconError(f"--param expects KEY=VALUE, got {item!r}.")
+        key, value = item.split("=", 1)
+        try:
+            params[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key.strip().replace("-", "_")] = value
+    return params
+
+
+def _read(path: str, what: str) -> Any:
+    from napari_regcon.core.io import read_array
+    return read_array(path, what)
+
+
+def _run_job(job: Any, out: str, desc: str, quiet: bool) -> dict:
+    with _StopFlag() as stop:
+        bundle = job.run(out=out, should_stop=stop, callback=_progress(desc, quiet))
+        if stop():
+            step = bundle["training"]["step"] if bundle else 0
+            raise _Interrupted(f"stopped at step {step}; {out} holds the model trained so far (resume with --resume {out}).")
+    return bundle
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def cmd_pretrain(a: argparse.Namespace) -> int:
+    from napari_regcon.core.checkpoint import check_writable, load_bundle
+    from napari_regcon.core.workflows import pretrain_job
+
+    images = [_read(p, "image") for p in a.images]
+    check_writable(a.out)
+    params = _parse_params(a.param)
+    if a.method == "mim":
+        params = {"ratio": a.mask_ratio, "patch": a.mask_patch, **params}
+    resume = load_bundle(a.resume) if a.resume else None
+    job = pretrain_job(images, a.method, ndim=a.ndim, channel_axis=a.channel_axis, patch_size=a.patch_size,
+                       steps=a.steps, batch_size=a.batch_size, lr=a.lr, base=a.base, depth=a.depth, seed=a.seed,
+                       device=a.device, method_params=params, resume=resume,
+                       checkpoint_every=a.checkpoint_every, sources=[str(p) for p in a.images])
+    _run_job(job, a.out, f"pretrain ({a.method})", a.quiet)
+    print(f"napari-regcon: pretrained bundle written to {a.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_finetune(a: argparse.Namespace) -> int:
+    from napari_regcon.core.checkpoint import check_writable, load_bundle
+    from napari_regcon.core.workflows import finetune_job
+
+    image = _read(a.image, "image")
+    labels = _read(a.labels, "labels")
+    init = load_bundle(a.init) if a.init else None
+    resume = load_bundle(a.resume) if a.resume else None
+    unlabeled = [_read(p, "unlabeled image") for p in (a.unlabeled or [])]
+    check_writable(a.out)
+    names = [n.strip() for n in a.class_names.split(",")] if a.class_names else None
+    job = finetune_job(image, labels, init=init, dense=a.dense, ndim=a.ndim, channel_axis=a.channel_axis,
+                       patch_size=a.patch_size, steps=a.steps, batch_size=a.batch_size, lr=a.lr, base=a.base,
+                       depth=a.depth, seed=a.seed, device=a.device, class_names=names, resume=resume,
+                       checkpoint_every=a.checkpoint_every, unlabeled=unlabeled, sources=[a.image, a.labels])
+    _run_job(job, a.out, "fine-tune", a.quiet)
+    print(f"napari-regcon: segmentation bundle written to {a.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from napari_regcon.core.checkpoint import load_bundle
+    from napari_regcon.core.io import atomic_path, check_output_path, close_output, create_output
+    from napari_regcon.core.volume import as_volume
+
+    if a.crf:
+        raise RegconError("CRF refinement (--crf) is not available yet in this version; predict without it.")
+    bundle = load_bundle(a.model)
+    image = _read(a.image, "image")
+    outs = [check_output_path(a.out)]
+    if a.probabilities:
+        outs.append(check_output_path(a.probabilities))
+        if Path(a.probabilities).resolve() == Path(a.out).resolve():
+            raise RegconError("--out and --probabilities must be different files.")
+    if bundle["kind"] != "segmentation":
+        raise RegconError(f"{a.model} is a pretrained (self-supervised) bundle without classes; fine-tune it on labels first.")
+    channel_axis = a.channel_axis
+    if channel_axis is None and bundle["model"]["in_channels"] > 1:
+        channel_axis = bundle.get("data", {}).get("channel_axis")
+    spatial = as_volume(image, channel_axis).spatial_shape
+    values = bundle["classes"]["values"]
+    dtype = "uint8" if max(values) < 256 else "uint16"
+    with atomic_path(a.out) as tmp_labels:
+        labels = create_output(tmp_labels, spatial, dtype)
+        probs = None
+        if a.probabilities:
+            with atomic_path(a.probabilities) as tmp_probs:
+                probs = create_output(tmp_probs, (len(values), *spatial), "float32")
+                _predict_into(bundle, image, labels, probs, channel_axis, a)
+                close_output(probs)
+                del probs
+        else:
+            _predict_into(bundle, image, labels, None, channel_axis, a)
+        close_output(labels)
+        del labels
+    print(f"napari-regcon: prediction written to {a.out}" + (f" and {a.probabilities}" if a.probabilities else ""),
+          file=sys.stderr)
+    return 0
+
+
+def _predict_into(bundle: dict, image: Any, labels: Any, probs: Any, channel_axis: int | None, a: argparse.Namespace) -> None:
+    from napari_regcon.core.workflows import run_predict
+
+    with _StopFlag() as stop:
+        run_predict(bundle, image, callback=_progress("predict", a.quiet), channel_axis=channel_axis,
+                    out_labels=labels, out_probs=probs, probabilities=probs is not None, tile=a.tile,
+                    overlap=a.overlap, batch_size=a.batch_size, device=a.device, should_stop=stop)
+        if stop():
+            raise _Interrupted("prediction stopped; no output was written.")
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from napari_regcon.core.metrics import scores
+
+    pred = _read(a.pred, "prediction")
+    truth = _read(a.truth, "ground-truth")
+    result = scores(pred, truth, ignore_zero=a.ignore_zero)
+    if a.classes:
+        result["classes"] = {k: v for k, v in result["classes"].items() if int(k) in a.classes}
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from napari_regcon.demo import run_demo
+
+    report = run_demo(a.out, pretrain_steps=a.pretrain_steps, finetune_steps=a.finetune_steps, device=a.device,
+                      seed=a.seed, quiet=a.quiet)
+    print(json.dumps({"membrane_dice": report["membrane_dice"], "out": str(a.out)}))
+    return 0
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    from napari_regcon.core.checkpoint import load_bundle
+
+    b = load_bundle(a.model)
+    summary = {k: b[k] for k in ("format", "version", "kind", "created", "software", "model", "classes", "pretext", "data")}
+    summary["steps"] = b.get("training", {}).get("step")
+    summary["final_loss"] = b["history"]["loss"][-1] if b["history"].get("loss") else None
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _add_common_training(p: argparse.ArgumentParser, steps: int) -> None:
+    p.add_argument("--steps", type=int, default=steps, help=f"optimisation steps (default {steps})")
+    p.add_argument("--patch-size", default=None, help="patch size: 128 (YX) or 16,64,64 (ZYX); default fits the image")
+    p.add_argument("--ndim", type=int, choices=(2, 3), default=2, help="2: slice-wise model (EM default); 3: volumetric")
+    p.add_argument("--channel-axis", type=int, default=None, help="axis of the channels in a multi-channel image")
+    p.add_argument("--batch-size", type=int, default=8, help="patches per step (default 8)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    p.add_argument("--base", type=int, default=16, help="U-Net width of the first level (default 16)")
+    p.add_argument("--depth", type=int, default=3, help="U-Net poolings (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda or mps")
+    p.add_argument("--resume", default=None, metavar="BUNDLE", help="continue an interrupted run from its bundle")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="save the bundle every N steps (default 100)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    from napari_regcon.core.pretext import PRETEXTS
+
+    parser = argparse.ArgumentParser(prog="napari-regcon", description="Label-efficient segmentation of microscopy stacks: pretrain, fine-tune, predict, evaluate.")
+    parser.add_argument("--version", action="version", version=f"napari-regcon {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("pretrain", help="self-supervised pretraining on unlabeled images",
+                       description="Pretrain a U-Net on unlabeled images with a self-supervised method; writes a bundle usable as --init for finetune.")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="unlabeled images (.tif, .zarr, .npy, .png)")
+    p.add_argument("--method", default="mim", choices=sorted(PRETEXTS), help="self-supervised method (default mim)")
+    p.add_argument("--out", required=True, metavar="BUNDLE", help="output bundle file")
+    p.add_argument("--mask-ratio", type=float, default=0.6, help="mim: fraction of masked cells (default 0.6)")
+    p.add_argument("--mask-patch", type=int, default=16, help="mim: masked cell size in pixels (default 16)")
+    p.add_argument("--param", action="append", default=None, metavar="KEY=VALUE",
+                   help="extra parameter of the method, e.g. --param temperature=0.1 (repeatable)")
+    _add_common_training(p, 1000)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("finetune", help="train a segmentation model on painted labels",
+                       description="Fine-tune on labels. Sparse labels (default): 0 = not annotated, every value > 0 is a class (paint a background class too). --dense: a full mask where 0 is background.")
+    p.add_argument("--image", required=True, help="the image the labels belong to")
+    p.add_argument("--labels", required=True, help="labels of the same shape (0 = not annotated)")
+    p.add_argument("--out", required=True, metavar="BUNDLE", help="output bundle file")
+    p.add_argument("--init", default=None, metavar="BUNDLE", help="start from a pretrained or segmentation bundle (fixes the architecture)")
+    p.add_argument("--dense", action="store_true", help="labels are a full mask: 0 is a class (background)")
+    p.add_argument("--unlabeled", nargs="*", default=None, metavar="IMAGE", help="unlabeled images for semi-supervised training")
+    p.add_argument("--class-names", default=None, help="comma-separated names of the classes, in increasing label value")
+    _add_common_training(p, 400)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("predict", help="tiled prediction of an image with a segmentation bundle",
+                       description="Predict labels (same values as the training labels) tile by tile; .zarr outputs are written tile by tile.")
+    p.add_argument("--model", required=True, metavar="BUNDLE")
+    p.add_argument("--image", required=True)
+    p.add_argument("--out", required=True, help="labels output: .tif, .zarr or .npy")
+    p.add_argument("--probabilities", default=None, metavar="OUT", help="also write class probabilities (C, ...) here")
+    p.add_argument("--crf", action="store_true", help="refine with a fully connected CRF")
+    p.add_argument("--tile", default=None, help="tile size, e.g. 256 or 16,128,128 (default 256 in 2D)")
+    p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (default 0.25)")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default 4)")
+    p.add_argument("--channel-axis", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="Dice and IoU per class as one JSON object",
+                       description="Compare a prediction with ground truth; prints one JSON object on stdout.")
+    p.add_argument("--pred", required=True)
+    p.add_argument("--truth", required=True)
+    p.add_argument("--ignore-zero", action="store_true", help="skip pixels where the truth is 0 (sparse truth)")
+    p.add_argument("--classes", type=int, nargs="*", default=None, help="report only these label values")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="the whole loop on the bundled EM sample (no downloads)",
+                       description="Pretrain briefly, fine-tune on one labeled slice, predict the other slices, evaluate; writes prediction, overlay PNG and report.")
+    p.add_argument("--out", default="regcon-demo", type=Path, help="output folder (default ./regcon-demo)")
+    p.add_argument("--pretrain-steps", type=int, default=150)
+    p.add_argument("--finetune-steps", type=int, default=250)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("info", help="describe a bundle", description="Print a bundle's metadata as JSON.")
+    p.add_argument("model", metavar="BUNDLE")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse, run, turn errors into one line on stderr and an exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except RegconError as err:
+        print(f"napari-regcon: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except _Interrupted as err:
+        print(f"napari-regcon: {err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("napari-regcon: aborted; no partial output was left behind.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except MemoryError:
+        print("napari-regcon: error: out of memory; use a smaller --batch-size, --patch-size or --tile.", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,207 @@
+"""Tiled sliding-window prediction with Gaussian-blended overlaps and bounded memory.
+
+Tiles are laid out like MONAI's ``sliding_window_inference`` (stride ``tile * (1 - overlap)``,
+the last tile flush with the border), batched through the network, and blended with a Gaussian
+weight map. Only a band of the volume as deep as one tile along the first tiled axis is held in
+memory; each finished band is written to the output (numpy or zarr) before the next is read, so
+memory stays flat as the volume grows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_regcon.core.errors import RegconError
+from napari_regcon.core.models import UNet
+from napari_regcon.core.normalize import Normalization, check_finite
+from napari_regcon.core.volume import Volume
+
+
+def tile_starts(size: int, tile: int, overlap: float) -> list[int]:
+    """Start offsets along one axis (MONAI's layout): stride ``int(tile*(1-overlap))``, last tile flush."""
+    if tile >= size:
+        return [0]
+    stride = max(1, int(tile * (1 - overlap)))
+    n = next(i for i in range(math.ceil(size / stride)) if i * stride + tile >= size) + 1
+    return [min(i * stride, size - tile) for i in range(n)]
+
+
+def gaussian_weights(tile: tuple[int, ...], sigma_scale: float = 0.125) -> np.ndarray:
+    """Separable Gaussian blending map peaking at the tile centre, normalised to max 1, never 0."""
+    w = np.ones((), np.float32)
+    for t in tile:
+        c = (t - 1) / 2
+        g = np.exp(-0.5 * ((np.arange(t) - c) / max(sigma_scale * t, 1e-3)) ** 2).astype(np.float32)
+        w = np.multiply.outer(w, g)
+    w /= w.max()
+    return np.maximum(w, max(float(w[w > 0].min()), 1e-3)).astype(np.float32)
+
+
+@dataclass
+class PredictEvent:
+    """Progress of a prediction: ``done`` tiles of ``total``."""
+
+    done: int
+    total: int
+    elapsed: float
+    eta: float
+
+
+def _pad_to(block: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    pad = [(0, 0)] * (block.ndim - len(shape)) + [(0, max(0, s - b)) for s, b in zip(shape, block.shape[-len(shape):])]
+    if any(p[1] for p in pad):
+        mode = "reflect" if all(b > 1 and s - b < b for s, b in zip(shape, block.shape[-len(shape):])) else "edge"
+        block = np.pad(block, pad, mode=mode)
+    return block
+
+
+def _valid_tile(tile: tuple[int, ...], divisor: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(max(d, -(-t // d) * d) for t, d in zip(tile, divisor))
+
+
+def iter_predict(model: UNet, volume: Volume, norm: Normalization, out_labels: Any | None = None,
+                 out_probs: Any | None = None, class_values: list[int] | None = None, *,
+                 tile: tuple[int, ...] | None = None, overlap: float = 0.25, batch_size: int = 4,
+                 device: torch.device | str = "cpu", amp: bool | None = None,
+                 should_stop: Callable[[], bool] | None = None, zrange: tuple[int, int] | None = None,
+                 ) -> Iterator[PredictEvent]:
+    """Predict ``volume`` tile by tile, writing into ``out_labels`` / ``out_probs``; yields progress.
+
+    Parameters
+    ----------
+    out_labels
+        Array-like of the image's spatial shape (YX or ZYX), receiving ``class_values[argmax]``.
+    out_probs
+        Optional array-like of shape (classes, *spatial) receiving the softmax probabilities
+        (or the raw head output when ``class_values`` is None, e.g. a reconstruction).
+    tile
+        Tile size: (Y, X) for a 2D model, (Z, Y, X) for a 3D model; rounded up to what the
+        network's poolings need.
+    zrange
+        Restrict a 2D model's prediction to planes ``[z0, z1)`` (used by the live preview).
+    """
+    from napari_regcon.core.device import get_device
+
+    cfg = model.config
+    device = get_device(device)
+    use_amp = device.type == "cuda" if amp is None else (amp and device.type == "cuda")
+    c, z, y, x = volume.shape
+    if c != cfg.in_channels:
+        raise RegconError(f"The model expects {cfg.in_channels} channel(s) but the image has {c}; check --channel-axis.")
+    if cfg.ndim == 3 and not volume.is_3d:
+        raise RegconError("This is a 3D model, but the image is 2D; give it a ZYX stack.")
+    spatial = (y, x) if cfg.ndim == 2 else (z, y, x)
+    tile = tuple(tile or ((256, 256) if cfg.ndim == 2 else (16, 128, 128)))
+    if len(tile) != cfg.ndim:
+        raise RegconError(f"The tile size {tile} does not match the {cfg.ndim}D model.")
+    tile = _valid_tile(tuple(min(t, max(s, 1)) for t, s in zip(tile, spatial)), cfg.divisor)
+    w_np = gaussian_weights(tile)
+    weights = torch.from_numpy(w_np).to(device)
+    n_out = cfg.out_channels
+    planes = range(*(zrange or (0, z))) if cfg.ndim == 2 else [None]
+    starts = [tile_starts(s, t, overlap) for s, t in zip(spatial, tile)]
+    per_plane = int(np.prod([len(s) for s in starts]))
+    total = per_plane * len(planes)
+    done = 0
+    t0 = time.perf_counter()
+    model.to(device).eval()
+    ctx = torch.autocast(device_type=device.type, dtype=torch.float16) if use_amp else contextlib.nullcontext()
+
+    def run(batch: list[np.ndarray]) -> torch.Tensor:
+        inp = torch.from_numpy(np.stack(batch)).to(device)
+        with torch.inference_mode(), ctx:
+            out = model(inp).float()
+        return out.softmax(1) if class_values is not None else out
+
+    def write(region: tuple[slice, ...], acc: np.ndarray, plane: int | None) -> None:
+        if class_values is not None:
+            labels = np.asarray(class_values)[acc.argmax(0)].astype(out_labels.dtype) if out_labels is not None else None
+        else:
+            labels = None
+        sp = region if plane is None else (plane, *region)
+        if volume.is_3d or cfg.ndim == 3:
+            if out_labels is not None and labels is not None:
+                out_labels[sp] = labels
+            if out_probs is not None:
+                out_probs[(slice(None), *sp)] = acc
+        else:
+            if out_labels is not None and labels is not None:
+                out_labels[region] = labels
+            if out_probs is not None:
+                out_probs[(slice(None), *region)] = acc
+
+    for plane in planes:
+        first = starts[0]
+        band_lo = 0
+        acc = np.zeros((n_out, min(tile[0], spatial[0]), *spatial[1:]), np.float32)
+        wsum = np.zeros(acc.shape[1:], np.float32)
+        for _k, s0 in enumerate(first):
+            # shift the band so it starts at s0, flushing rows that are final
+            if s0 > band_lo:
+                shift = s0 - band_lo
+                _flush(write, acc[:, :shift], wsum[:shift], band_lo, plane)
+                acc = np.concatenate([acc[:, shift:], np.zeros((n_out, shift, *spatial[1:]), np.float32)], 1)
+                wsum = np.concatenate([wsum[shift:], np.zeros((shift, *spatial[1:]), np.float32)], 0)
+                band_lo = s0
+            rest = list(np.ndindex(*[len(s) for s in starts[1:]]))
+            for i in range(0, len(rest), batch_size):
+                if should_stop is not None and should_stop():
+                    return
+                chunk = rest[i:i + batch_size]
+                tiles, origins = [], []
+                for idx in chunk:
+                    origin = (s0, *[starts[d + 1][j] for d, j in enumerate(idx)])
+                    sl = tuple(slice(o, o + t) for o, t in zip(origin, tile))
+                    if cfg.ndim == 2:
+                        block = volume.read(plane, *sl)[:, 0]
+                    else:
+                        block = volume.read(*sl)
+                    check_finite(block)
+                    tiles.append(_pad_to(norm.apply(block), tile))
+                    origins.append(origin)
+                out = (run(tiles) * weights).cpu().numpy()
+                for o, pred in zip(origins, out):
+                    region = tuple(slice(a, min(a + t, s)) for a, t, s in zip(o, tile, spatial))
+                    crop = pred[(slice(None), *[slice(0, r.stop - r.start) for r in region])]
+                    local = (slice(region[0].start - band_lo, region[0].stop - band_lo), *region[1:])
+                    acc[(slice(None), *local)] += crop
+                    wsum[local] += w_np[tuple(slice(0, r.stop - r.start) for r in region)]
+                done += len(chunk)
+                el = time.perf_counter() - t0
+                yield PredictEvent(done, total, el, el / done * (total - done))
+        _flush(write, acc, wsum, band_lo, plane, upto=spatial[0] - band_lo)
+    return
+
+
+def _flush(write: Callable, acc: np.ndarray, wsum: np.ndarray, lo: int, plane: int | None, upto: int | None = None) -> None:
+    if upto is not None:
+        acc, wsum = acc[:, :upto], wsum[:upto]
+    if acc.shape[1] == 0:
+        return
+    region = (slice(lo, lo + acc.shape[1]), *[slice(None)] * (acc.ndim - 2))
+    write(region, acc / np.maximum(wsum, 1e-12), plane)
+
+
+def predict(model: UNet, volume: Volume, norm: Normalization, class_values: list[int] | None,
+            probabilities: bool = False, callback: Callable[[PredictEvent], None] | None = None,
+            **kwargs: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Predict into new numpy arrays: labels (spatial shape, uint8/uint16) and optional probabilities."""
+    c, z, y, x = volume.shape
+    spatial = volume.spatial_shape
+    labels = None
+    if class_values is not None:
+        dtype = np.uint8 if max(class_values) < 256 else np.uint16
+        labels = np.zeros(spatial, dtype)
+    probs = np.zeros((model.config.out_channels, *spatial), np.float32) if probabilities or class_values is None else None
+    for ev in iter_predict(model, volume, norm, labels, probs, class_values, **kwargs):
+        if callback is not None:
+            callback(ev)
+    return labels, probs

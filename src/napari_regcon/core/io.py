@@ -1,0 +1,150 @@
+"""Reading images and labels (.tif/.tiff, .zarr, .npy, .png) and writing outputs atomically.
+
+Zarr and large TIFFs are opened lazily; every writer goes to a temporary path next to the
+target and is renamed into place, so a failure never leaves a half-written output behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_regcon.core.errors import RegconError
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".zarr", ".npy", ".png")
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower().rstrip("/")
+    for s in (".ome.zarr", ".ome.tif", ".ome.tiff"):
+        if name.endswith(s):
+            return s.replace(".ome", "")
+    return path.suffix.lower()
+
+
+def read_array(path: str | Path, what: str = "image") -> Any:
+    """Open an image or label file; zarr stays lazy, TIFF is memory-mapped when possible."""
+    path = Path(path)
+    if not path.exists():
+        raise RegconError(f"The {what} file {path} does not exist.")
+    suffix = _suffix(path)
+    if suffix not in IMAGE_SUFFIXES:
+        raise RegconError(f"Cannot read {path}: unsupported format {suffix or '(no extension)'}; use .tif, .zarr, .npy or .png.")
+    if path.is_file() and path.stat().st_size == 0:
+        raise RegconError(f"The {what} file {path} is empty.")
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+            try:
+                return tifffile.memmap(path, mode="r")
+            except Exception:
+                return tifffile.imread(path)
+        if suffix == ".npy":
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        if suffix == ".png":
+            import imageio.v3 as iio
+            return iio.imread(path)
+        return _open_zarr(path)
+    except RegconError:
+        raise
+    except Exception as err:
+        raise RegconError(f"Cannot read the {what} file {path}: it is not a valid {suffix[1:].upper()} file ({type(err).__name__}).") from err
+
+
+def _open_zarr(path: Path) -> Any:
+    import zarr
+    node = zarr.open(str(path), mode="r")
+    if hasattr(node, "shape"):
+        return node
+    # an OME-Zarr group: take the highest-resolution array of the first multiscale
+    attrs = dict(node.attrs)
+    ms = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    if ms:
+        return node[ms[0]["datasets"][0]["path"]]
+    arrays = [k for k, v in node.members() if hasattr(v, "shape")] if hasattr(node, "members") else []
+    if len(arrays) == 1:
+        return node[arrays[0]]
+    raise RegconError(f"{path} is a zarr group, not an array; point to the array inside it (e.g. {path}/0).")
+
+
+def check_output_path(path: str | Path) -> Path:
+    """Validate an output path's format and writability before any long work starts."""
+    from napari_regcon.core.checkpoint import check_writable
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix not in (".tif", ".tiff", ".zarr", ".npy"):
+        raise RegconError(f"Cannot write {path}: use an output ending in .tif, .zarr or .npy.")
+    check_writable(path)
+    return path
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path; on success it replaces ``path``, on failure it is removed."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
+    tmp = tmpdir / path.name
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def write_array(path: str | Path, data: np.ndarray, axes: str | None = None) -> Path:
+    """Write a numpy array to .tif/.npy/.zarr atomically."""
+    path = Path(path)
+    suffix = _suffix(path)
+    with atomic_path(path) as tmp:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+            meta = {"axes": axes} if axes else None
+            tifffile.imwrite(tmp, data, compression="zlib", metadata=meta, bigtiff=data.nbytes > 2**31)
+        elif suffix == ".npy":
+            with open(tmp, "wb") as fh:
+                np.save(fh, data)
+        elif suffix == ".zarr":
+            z = create_zarr(tmp, data.shape, data.dtype)
+            z[...] = data
+        else:
+            raise RegconError(f"Cannot write {path}: use an output ending in .tif, .zarr or .npy.")
+    return path
+
+
+def create_zarr(path: str | Path, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...] | None = None) -> Any:
+    """Create a chunked, compressed zarr array for writing tile by tile."""
+    import zarr
+    if chunks is None:
+        chunks = tuple(min(s, c) for s, c in zip(shape, (1,) * (len(shape) - 2) + (512, 512)))
+    return zarr.open(str(path), mode="w", shape=shape, dtype=dtype, chunks=chunks)
+
+
+def create_output(path: str | Path, shape: tuple[int, ...], dtype: Any) -> Any:
+    """Create an on-disk array to fill tile by tile (zarr store, memory-mapped NPY or TIFF)."""
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix == ".zarr":
+        return create_zarr(path, shape, dtype)
+    if suffix == ".npy":
+        return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=tuple(shape))
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+        return tifffile.memmap(path, shape=tuple(shape), dtype=dtype, bigtiff=int(np.prod(shape)) * np.dtype(dtype).itemsize > 2**31)
+    raise RegconError(f"Cannot write {path}: use an output ending in .tif, .zarr or .npy.")
+
+
+def close_output(arr: Any) -> None:
+    """Flush an array made by :func:`create_output` to disk."""
+    flush = getattr(arr, "flush", None)
+    if callable(flush):
+        flush()

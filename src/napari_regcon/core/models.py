@@ -1,0 +1,151 @@
+"""A small U-Net for 2D and 3D with GroupNorm, any number of input channels and classes.
+
+GroupNorm (not BatchNorm) because it behaves the same in train and eval mode and with batch
+size 1: a BatchNorm U-Net pretrained on masked inputs collapses at evaluation (BENCHMARKS.md).
+The configuration is a plain dict stored in the model bundle; ``build_model`` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from napari_regcon.core.errors import RegconError
+
+
+@dataclass
+class UNetConfig:
+    """Architecture of a :class:`UNet`; ``pool_z`` says per level whether Z is pooled (3D only)."""
+
+    ndim: int = 2
+    in_channels: int = 1
+    out_channels: int = 2
+    base: int = 16
+    depth: int = 3
+    pool_z: list[bool] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.ndim not in (2, 3):
+            raise RegconError(f"--ndim must be 2 or 3, not {self.ndim}.")
+        if self.depth < 1 or self.base < 2:
+            raise RegconError("The network needs depth >= 1 and base width >= 2.")
+        if self.ndim == 3 and not self.pool_z:
+            self.pool_z = [True] * self.depth
+        if self.ndim == 2:
+            self.pool_z = []
+
+    @property
+    def divisor(self) -> tuple[int, ...]:
+        """Each spatial size must be a multiple of this (Z first in 3D)."""
+        xy = 2 ** self.depth
+        if self.ndim == 2:
+            return (xy, xy)
+        return (2 ** sum(bool(p) for p in self.pool_z), xy, xy)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> UNetConfig:
+        known = {k: d[k] for k in ("ndim", "in_channels", "out_channels", "base", "depth", "pool_z") if k in d}
+        known["pool_z"] = [bool(p) for p in known.get("pool_z", [])]
+        return cls(**known)
+
+
+def anisotropic_pool_z(patch_z: int, depth: int, min_z: int = 4) -> list[bool]:
+    """Pool Z only while it stays >= ``min_z`` (nnU-Net style for thin anisotropic stacks)."""
+    flags, z = [], patch_z
+    for _ in range(depth):
+        ok = z // 2 >= min_z and z % 2 == 0
+        flags.append(ok)
+        z = z // 2 if ok else z
+    return flags
+
+
+def _groups(channels: int) -> int:
+    return math.gcd(8, channels)
+
+
+class _Block(nn.Sequential):
+    def __init__(self, ndim: int, cin: int, cout: int) -> None:
+        conv = nn.Conv2d if ndim == 2 else nn.Conv3d
+        super().__init__(
+            conv(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(_groups(cout), cout), nn.ReLU(inplace=True),
+            conv(cout, cout, 3, padding=1, bias=False), nn.GroupNorm(_groups(cout), cout), nn.ReLU(inplace=True),
+        )
+
+
+class UNet(nn.Module):
+    """U-Net: ``encoder`` blocks, ``decoder`` blocks and a 1x1 ``head``.
+
+    ``features(x)`` returns the bottleneck and the decoder outputs (coarse to fine), which the
+    self-supervised pretexts use; ``forward(x)`` returns the head's logits.
+    """
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        nd, base, depth = config.ndim, config.base, config.depth
+        widths = [base * 2 ** i for i in range(depth + 1)]
+        self.encoder = nn.ModuleList([_Block(nd, config.in_channels, widths[0])] +
+                                     [_Block(nd, widths[i], widths[i + 1]) for i in range(depth)])
+        tconv = nn.ConvTranspose2d if nd == 2 else nn.ConvTranspose3d
+        self._kernels = [self._kernel(i) for i in range(depth)]
+        self.upsample = nn.ModuleList([tconv(widths[i + 1], widths[i], self._kernels[i], stride=self._kernels[i])
+                                       for i in reversed(range(depth))])
+        self.decoder = nn.ModuleList([_Block(nd, 2 * widths[i], widths[i]) for i in reversed(range(depth))])
+        conv = nn.Conv2d if nd == 2 else nn.Conv3d
+        self.head = conv(widths[0], config.out_channels, 1)
+        self.widths = widths
+
+    def _kernel(self, level: int) -> tuple[int, ...]:
+        if self.config.ndim == 2:
+            return (2, 2)
+        return (2 if self.config.pool_z[level] else 1, 2, 2)
+
+    def _pool(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        k = self._kernels[level]
+        return nn.functional.max_pool2d(x, k) if self.config.ndim == 2 else nn.functional.max_pool3d(x, k)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Return the bottleneck and the skip features (fine to coarse)."""
+        skips = []
+        for level, block in enumerate(self.encoder):
+            if level > 0:
+                x = self._pool(x, level - 1)
+            x = block(x)
+            skips.append(x)
+        return x, skips[:-1]
+
+    def decode(self, z: torch.Tensor, skips: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Return the decoder outputs from coarse to fine; the last is full resolution."""
+        outs = []
+        x = z
+        for up, block, skip in zip(self.upsample, self.decoder, reversed(skips)):
+            x = block(torch.cat([up(x), skip], 1))
+            outs.append(x)
+        return outs
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Bottleneck and decoder features (coarse to fine)."""
+        z, skips = self.encode(x)
+        return z, self.decode(z, skips)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)[1][-1])
+
+
+def build_model(config: UNetConfig | dict) -> UNet:
+    """Build a U-Net from a config object or its dict form (as stored in a bundle)."""
+    if isinstance(config, dict):
+        config = UNetConfig.from_dict(config)
+    return UNet(config)
+
+
+def transferable_state(pretrained: dict[str, torch.Tensor], prefixes: tuple[str, ...] = ("encoder.", "upsample.", "decoder.")
+                       ) -> dict[str, torch.Tensor]:
+    """The part of a pretrained state dict that transfers to a segmentation net (never the head)."""
+    return {k: v for k, v in pretrained.items() if k.startswith(prefixes)}

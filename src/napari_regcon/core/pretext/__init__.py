@@ -1,0 +1,24 @@
+"""Self-supervised pretext methods, one module each, all behind :class:`Task`."""
+
+from __future__ import annotations
+
+from napari_regcon.core.errors import RegconError
+from napari_regcon.core.pretext.base import Task
+from napari_regcon.core.pretext.mim import MIMPretext
+
+PRETEXTS: dict[str, type[Task]] = {MIMPretext.name: MIMPretext}
+
+
+def get_pretext(name: str, **params) -> Task:
+    """Instantiate the pretext ``name`` with its parameters; unknown names give a clear error."""
+    try:
+        cls = PRETEXTS[name]
+    except KeyError:
+        raise RegconError(f"Unknown pretraining method {name!r}; choose one of: {', '.join(sorted(PRETEXTS))}.") from None
+    try:
+        return cls(**params)
+    except TypeError as err:
+        raise RegconError(f"Bad parameter for --method {name}: {err}.") from None
+
+
+__all__ = ["PRETEXTS", "Task", "get_pretext"]

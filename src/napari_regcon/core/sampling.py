@@ -1,0 +1,122 @@
+"""Random patch sampling that reads only the patches it needs from lazy arrays.
+
+Unlabeled sampling (pretraining) draws patches uniformly from all images; labeled sampling
+(fine-tuning) centres patches near annotated pixels, class-balanced, so a few scribbles on a
+large stack still fill every batch with supervision.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_regcon.core.errors import RegconError
+from napari_regcon.core.labels import IGNORE, LabelSet
+from napari_regcon.core.normalize import Normalization
+from napari_regcon.core.volume import Volume
+
+
+def default_patch_size(shape_zyx: tuple[int, int, int], ndim: int, multiple: int = 8,
+                       xy: int = 128, z: int = 16) -> tuple[int, ...]:
+    """Largest patch up to ``xy`` (and ``z`` in 3D) that fits the image, a multiple of ``multiple``."""
+    def fit(size: int, want: int, mult: int) -> int:
+        p = min(want, size) // mult * mult
+        if p < mult:
+            raise RegconError(f"The image is too small ({shape_zyx[-2:]} pixels in YX, {shape_zyx[0]} in Z) for this network; it needs at least {mult} pixels per axis.")
+        return p
+    yx = (fit(shape_zyx[1], xy, multiple), fit(shape_zyx[2], xy, multiple))
+    if ndim == 2:
+        return yx
+    return (fit(shape_zyx[0], z, 1), *yx)
+
+
+def check_patch_size(patch: tuple[int, ...], shapes: list[tuple[int, int, int]], ndim: int) -> None:
+    """Raise when a patch does not fit inside every image."""
+    for shape in shapes:
+        spatial = shape[1:] if ndim == 2 else shape
+        if any(p > s for p, s in zip(patch, spatial)):
+            raise RegconError(f"The patch size {tuple(patch)} is larger than the image ({'x'.join(map(str, spatial))}); choose a smaller --patch-size.")
+
+
+class PatchSampler:
+    """Draw batches of normalised patches (and encoded targets when labels are given).
+
+    Parameters
+    ----------
+    volumes
+        Images as (C, Z, Y, X) views.
+    norm
+        Normalisation applied to every patch.
+    patch_size
+        (Y, X) for a 2D model (patches are single planes), (Z, Y, X) for a 3D model.
+    labels
+        One LabelSet per image, or None entries for unlabeled images.
+    """
+
+    def __init__(self, volumes: list[Volume], norm: Normalization, patch_size: tuple[int, ...],
+                 labels: list[LabelSet | None] | None = None, seed: int = 0) -> None:
+        self.volumes = volumes
+        self.norm = norm
+        self.patch = tuple(int(p) for p in patch_size)
+        self.ndim = len(self.patch)
+        self.labels = labels or [None] * len(volumes)
+        self.rng = np.random.default_rng(seed)
+        check_patch_size(self.patch, [v.shape[1:] for v in volumes], self.ndim)
+        sizes = np.array([float(np.prod(v.shape[1:])) for v in volumes])
+        self._p_volume = sizes / sizes.sum()
+        self._labeled = [i for i, lab in enumerate(self.labels) if lab is not None]
+
+    @property
+    def patch3(self) -> tuple[int, int, int]:
+        """Patch as (Z, Y, X); Z = 1 for a 2D model."""
+        return self.patch if self.ndim == 3 else (1, *self.patch)
+
+    def _start_uniform(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        return tuple(int(self.rng.integers(0, s - p + 1)) for s, p in zip(shape, self.patch3))
+
+    def _start_near(self, labels: LabelSet, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        cls = int(self.rng.integers(labels.n_classes))
+        pts = labels.coords[cls]
+        point = pts[int(self.rng.integers(len(pts)))]
+        start = []
+        for c, s, p in zip(point, shape, self.patch3):
+            lo = int(c) - int(self.rng.integers(0, p))
+            start.append(int(np.clip(lo, 0, s - p)))
+        return tuple(start)
+
+    def _read(self, i: int, start: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+        sl = tuple(slice(s, s + p) for s, p in zip(start, self.patch3))
+        img = self.norm.apply(self.volumes[i].read(*sl))
+        tgt = self.labels[i].read(*sl) if self.labels[i] is not None else None
+        if self.ndim == 2:
+            img = img[:, 0]
+            tgt = tgt[0] if tgt is not None else None
+        return img, tgt
+
+    def sample(self, batch_size: int) -> dict[str, np.ndarray]:
+        """A batch: ``image`` (B, C, *patch) float32, ``zpos`` (B,) the patch's relative Z position in
+        its stack (0..1, centre of the patch), ``index`` (B,) which image it came from, and, when
+        labeled, ``target`` (B, *patch) int64."""
+        images, targets, zpos, index = [], [], [], []
+        for _ in range(batch_size):
+            if self._labeled:
+                i = int(self.rng.choice(self._labeled))
+                start = self._start_near(self.labels[i], self.volumes[i].shape[1:])
+            else:
+                i = int(self.rng.choice(len(self.volumes), p=self._p_volume))
+                start = self._start_uniform(self.volumes[i].shape[1:])
+            img, tgt = self._read(i, start)
+            depth = self.volumes[i].shape[1]
+            zpos.append((start[0] + self.patch3[0] / 2 - 0.5) / max(depth - 1, 1))
+            index.append(i)
+            images.append(img)
+            if tgt is not None:
+                targets.append(tgt)
+        batch = {"image": np.stack(images), "zpos": np.asarray(zpos, np.float32), "index": np.asarray(index, np.int64)}
+        if targets:
+            batch["target"] = np.stack(targets)
+        return batch
+
+
+def has_annotation(target: np.ndarray) -> bool:
+    """True when any pixel of an encoded target is annotated."""
+    return bool((target != IGNORE).any())

@@ -1,0 +1,201 @@
+"""The one training loop: pretraining and fine-tuning both run through :func:`iter_train`.
+
+It is a generator of :class:`Progress` events, so the napari widgets relay it from a
+``thread_worker`` and the CLI prints it; it checks a cancel flag before every step, writes
+atomic checkpoints periodically and at the end (or on cancel), and resumes from a bundle with
+the step count, optimiser, loss history and random state of the interrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Generator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_regcon.core.device import get_device
+from napari_regcon.core.models import UNet
+from napari_regcon.core.pretext.base import Task
+from napari_regcon.core.sampling import PatchSampler
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every task."""
+
+    steps: int = 400
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup: float = 0.05
+    min_lr_ratio: float = 0.01
+    seed: int = 0
+    device: str = "auto"
+    amp: bool | None = None
+    checkpoint_every: int = 100
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Progress:
+    """One event of a training run.
+
+    ``event`` is ``start``, ``step``, ``checkpoint``, ``done`` or ``cancelled``.
+    """
+
+    event: str
+    step: int
+    total: int
+    loss: float = float("nan")
+    lr: float = 0.0
+    elapsed: float = 0.0
+    eta: float = float("nan")
+    logs: dict[str, float] = field(default_factory=dict)
+    path: str | None = None
+    device: str = ""
+
+
+BundleFn = Callable[[UNet, dict[str, list], dict[str, Any]], dict[str, Any]]
+
+
+def lr_factor(step: int, total: int, warmup: float, min_ratio: float) -> float:
+    """Linear warm-up then cosine decay to ``min_ratio`` (step counts from 0)."""
+    w = max(1, int(round(warmup * total)))
+    if step < w:
+        return (step + 1) / w
+    t = (step - w) / max(1, total - w)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and GPU) for reproducible initialisation."""
+    torch.manual_seed(seed)
+
+
+class _Autocast:
+    def __init__(self, device: torch.device, enabled: bool) -> None:
+        self.device, self.enabled = device, enabled
+
+    def __call__(self):
+        if self.enabled:
+            return torch.autocast(device_type=self.device.type, dtype=torch.float16)
+        return contextlib.nullcontext()
+
+
+def iter_train(model: UNet, task: Task, sampler: PatchSampler, config: TrainConfig, *,
+               bundle_fn: BundleFn | None = None, out: str | Path | None = None,
+               should_stop: Callable[[], bool] | None = None, resume: dict[str, Any] | None = None,
+               ) -> Generator[Progress, None, dict | None]:
+    """Train ``model`` on ``task`` with batches from ``sampler``, yielding progress events.
+
+    The generator's return value is the final bundle (``bundle_fn`` at the last step), if any.
+
+    Parameters
+    ----------
+    bundle_fn
+        Builds the bundle to save from the model, the loss history and the training state.
+    out
+        Where checkpoints go (atomically), every ``config.checkpoint_every`` steps and at the end.
+    should_stop
+        Polled before each step; when it returns True the run saves and ends with ``cancelled``.
+    resume
+        The ``training`` section of a bundle written by an interrupted run of the same setup.
+    """
+    from napari_regcon.core.checkpoint import save_bundle  # local: avoid an import cycle
+
+    device = get_device(config.device)
+    use_amp = device.type == "cuda" if config.amp is None else (bool(config.amp) and device.type == "cuda")
+    autocast = _Autocast(device, use_amp)
+    model.to(device)
+    task.to(device)
+    params = [p for p in list(model.parameters()) + list(task.parameters()) if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, config.steps, config.warmup, config.min_lr_ratio))
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    rng = np.random.default_rng(config.seed + 1)
+    history: dict[str, list] = {"step": [], "loss": []}
+    step = 0
+    if resume:
+        step = int(resume["step"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        if "task_state" in resume:
+            task.load_state_dict(resume["task_state"])
+        rng.bit_generator.state = resume["rng"]
+        sampler.rng.bit_generator.state = resume["sampler_rng"]
+        history = {k: list(v) for k, v in resume["history"].items()}
+
+    def state() -> dict[str, Any]:
+        return {"step": step, "total_steps": config.steps, "config": config.to_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "task_state": task.state_dict(), "rng": rng.bit_generator.state,
+                "sampler_rng": sampler.rng.bit_generator.state, "history": history}
+
+    def checkpoint(bundle: dict | None = None) -> str | None:
+        if bundle_fn is None or out is None:
+            return None
+        return str(save_bundle(bundle if bundle is not None else bundle_fn(model, history, state()), out))
+
+    def final() -> dict | None:
+        return None if bundle_fn is None else bundle_fn(model, history, state())
+
+    t0 = time.perf_counter()
+    done_at_start = step
+    yield Progress("start", step, config.steps, device=str(device))
+    model.train()
+    task.train()
+    while step < config.steps:
+        if should_stop is not None and should_stop():
+            model.eval()
+            result = final()
+            path = checkpoint(result)
+            yield Progress("cancelled", step, config.steps, elapsed=time.perf_counter() - t0, path=path)
+            return result
+        batch = task.prepare(sampler.sample(config.batch_size), rng)
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with autocast():
+            loss, logs = task.loss(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        step += 1
+        value = float(loss.detach())
+        history["step"].append(step)
+        history["loss"].append(value)
+        elapsed = time.perf_counter() - t0
+        eta = elapsed / (step - done_at_start) * (config.steps - step)
+        yield Progress("step", step, config.steps, value, optimizer.param_groups[0]["lr"], elapsed, eta, logs)
+        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
+            path = checkpoint()
+            if path:
+                yield Progress("checkpoint", step, config.steps, value, elapsed=elapsed, path=path)
+    model.eval()
+    result = final()
+    path = checkpoint(result)
+    yield Progress("done", step, config.steps, history["loss"][-1] if history["loss"] else float("nan"),
+                   elapsed=time.perf_counter() - t0, path=path)
+    return result
+
+
+def train(model: UNet, task: Task, sampler: PatchSampler, config: TrainConfig,
+          callback: Callable[[Progress], None] | None = None, **kwargs: Any) -> dict | None:
+    """Run :func:`iter_train` to the end, passing each event to ``callback``; returns the final bundle."""
+    gen = iter_train(model, task, sampler, config, **kwargs)
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if callback is not None:
+            callback(event)
