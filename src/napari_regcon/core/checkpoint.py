@@ -37,7 +37,7 @@ def make_bundle(kind: str, model_config: dict, state_dict: dict[str, torch.Tenso
         "version": VERSION,
         "kind": kind,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "software": {"napari-regcon": __version__, "torch": torch.__version__},
+        "software": {"napari-regcon": str(__version__), "torch": str(torch.__version__)},
         "model": dict(model_config),
         "state_dict": {k: v.detach().cpu().clone() for k, v in state_dict.items()},
         "normalization": dict(normalization),
