@@ -125,3 +125,14 @@ def test_3d_patches_and_patch_too_large(em_small) -> None:
     assert s.sample(2)["image"].shape == (2, 1, 4, 32, 32)
     with pytest.raises(RegconError, match="larger than the image"):
         PatchSampler([vol], fit_normalization([vol]), (256, 256))
+
+
+def test_reading_never_changes_the_users_array(em_small) -> None:
+    """Normalising a patch must not write through to a float32 source array."""
+    raw = em_small[0].astype(np.float32)
+    before = raw.copy()
+    vol = Volume(raw)
+    norm = fit_normalization([vol])
+    PatchSampler([vol], norm, (32, 32), seed=0).sample(4)
+    norm.apply(vol.read(0, slice(0, 16), slice(0, 16)))
+    np.testing.assert_array_equal(raw, before)

@@ -21,7 +21,7 @@ def _conv_only(cfg: UNetConfig) -> nn.Module:
     """A U-Net whose GroupNorms are removed: a purely convolutional net (tiles are independent)."""
     torch.manual_seed(0)
     net = build_model(cfg)
-    for name, mod in list(net.named_modules()):
+    for mod in list(net.modules()):
         for child_name, child in list(mod.named_children()):
             if isinstance(child, nn.GroupNorm):
                 setattr(mod, child_name, nn.Identity())

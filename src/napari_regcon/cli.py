@@ -94,12 +94,21 @@ def _read(path: str, what: str) -> Any:
 
 
 def _run_job(job: Any, out: str, desc: str, quiet: bool) -> dict:
+    from napari_regcon.core import distributed
+
+    quiet = quiet or not distributed.is_main()
     with _StopFlag() as stop:
         bundle = job.run(out=out, should_stop=stop, callback=_progress(desc, quiet))
         if stop():
             step = bundle["training"]["step"] if bundle else 0
             raise _Interrupted(f"stopped at step {step}; {out} holds the model trained so far (resume with --resume {out}).")
     return bundle
+
+
+def _done(message: str) -> None:
+    from napari_regcon.core import distributed
+    if distributed.is_main():
+        print(f"napari-regcon: {message}", file=sys.stderr)
 
 
 class _Interrupted(Exception):
@@ -114,24 +123,35 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
     check_writable(a.out)
     params = _parse_params(a.param)
     if a.method == "mim":
-        params = {"ratio": a.mask_ratio, "patch": a.mask_patch, **params}
+        params = {"ratio": a.mask_ratio, "patch": a.mask_patch, "mask": a.mask, **params}
+        if a.ndim == 3 and "voxel_size" not in params:
+            from napari_regcon.core.io import read_voxel_size
+            voxel = read_voxel_size(a.images[0])
+            if voxel is not None and len(voxel) == 3:
+                params["voxel_size"] = list(voxel)
     resume = load_bundle(a.resume) if a.resume else None
     job = pretrain_job(images, a.method, ndim=a.ndim, channel_axis=a.channel_axis, patch_size=a.patch_size,
                        steps=a.steps, batch_size=a.batch_size, lr=a.lr, base=a.base, depth=a.depth, seed=a.seed,
                        device=a.device, method_params=params, resume=resume,
                        checkpoint_every=a.checkpoint_every, sources=[str(p) for p in a.images])
+    if a.method == "mim" and not a.quiet:
+        voxel = params.get("voxel_size")
+        where = f"voxel size (z, y, x) {' x '.join(f'{v:g}' for v in voxel)} from {a.images[0]}; " if voxel else ""
+        cell = "x".join(map(str, job.task.cell_size(job.info["patch"])))
+        print(f"napari-regcon: mim: {where}patch {'x'.join(map(str, job.info['patch']))}, mask cells {cell}, "
+              f"mask {','.join(job.task.modes)}, ratio {job.task.ratio:g}", file=sys.stderr)
     _run_job(job, a.out, f"pretrain ({a.method})", a.quiet)
-    print(f"napari-regcon: pretrained bundle written to {a.out}", file=sys.stderr)
+    _done(f"pretrained bundle written to {a.out}")
     return 0
 
 
 def cmd_finetune(a: argparse.Namespace) -> int:
-    from napari_regcon.core.checkpoint import check_writable, load_bundle
+    from napari_regcon.core.checkpoint import check_writable, load_bundle, load_model_source
     from napari_regcon.core.workflows import finetune_job
 
     image = _read(a.image, "image")
     labels = _read(a.labels, "labels")
-    init = load_bundle(a.init) if a.init else None
+    init = load_model_source(a.init) if a.init else None
     resume = load_bundle(a.resume) if a.resume else None
     unlabeled = [_read(p, "unlabeled image") for p in (a.unlabeled or [])]
     check_writable(a.out)
@@ -141,59 +161,111 @@ def cmd_finetune(a: argparse.Namespace) -> int:
                        depth=a.depth, seed=a.seed, device=a.device, class_names=names, resume=resume,
                        checkpoint_every=a.checkpoint_every, unlabeled=unlabeled, sources=[a.image, a.labels])
     _run_job(job, a.out, "fine-tune", a.quiet)
-    print(f"napari-regcon: segmentation bundle written to {a.out}", file=sys.stderr)
+    _done(f"segmentation bundle written to {a.out}")
     return 0
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
-    from napari_regcon.core.checkpoint import load_bundle
-    from napari_regcon.core.io import atomic_path, check_output_path, close_output, create_output
-    from napari_regcon.core.volume import as_volume
+    from napari_regcon.core.checkpoint import load_model_source
+    from napari_regcon.core.io import check_chunking, check_output_path
+    from napari_regcon.core.outputs import PredictionStopped, partial_path, predict_to_files
 
-    if a.crf:
-        raise RegconError("CRF refinement (--crf) is not available yet in this version; predict without it.")
-    bundle = load_bundle(a.model)
-    image = _read(a.image, "image")
-    outs = [check_output_path(a.out)]
-    if a.probabilities:
-        outs.append(check_output_path(a.probabilities))
-        if Path(a.probabilities).resolve() == Path(a.out).resolve():
-            raise RegconError("--out and --probabilities must be different files.")
+    bundle = load_model_source(a.model)
     if bundle["kind"] != "segmentation":
         raise RegconError(f"{a.model} is a pretrained (self-supervised) bundle without classes; fine-tune it on labels first.")
-    channel_axis = a.channel_axis
-    if channel_axis is None and bundle["model"]["in_channels"] > 1:
-        channel_axis = bundle.get("data", {}).get("channel_axis")
-    spatial = as_volume(image, channel_axis).spatial_shape
-    values = bundle["classes"]["values"]
-    dtype = "uint8" if max(values) < 256 else "uint16"
-    with atomic_path(a.out) as tmp_labels:
-        labels = create_output(tmp_labels, spatial, dtype)
-        probs = None
-        if a.probabilities:
-            with atomic_path(a.probabilities) as tmp_probs:
-                probs = create_output(tmp_probs, (len(values), *spatial), "float32")
-                _predict_into(bundle, image, labels, probs, channel_axis, a)
-                close_output(probs)
-                del probs
-        else:
-            _predict_into(bundle, image, labels, None, channel_axis, a)
-        close_output(labels)
-        del labels
-    print(f"napari-regcon: prediction written to {a.out}" + (f" and {a.probabilities}" if a.probabilities else ""),
+    image = _read(a.image, "image")
+    check_chunking(image, a.image)
+    check_output_path(a.out)
+    if a.probabilities:
+        check_output_path(a.probabilities)
+        if Path(a.probabilities).resolve() == Path(a.out).resolve():
+            raise RegconError("--out and --probabilities must be different files.")
+    _check_tile(a.tile)
+    if a.crf:
+        return _predict_crf(a, bundle, image)
+    with _StopFlag() as stop:
+        try:
+            summary = _drive(predict_to_files(bundle, image, a.out, a.probabilities, channel_axis=a.channel_axis,
+                                              tile=a.tile, overlap=a.overlap, batch_size=a.batch_size,
+                                              device=a.device, should_stop=stop), _progress("predict", a.quiet))
+        except PredictionStopped:
+            raise _Interrupted("prediction stopped; no output was written.") from None
+    if not summary["complete"]:
+        raise _Interrupted(f"prediction stopped; the finished part is kept in {partial_path(a.out)} and the same command resumes it.")
+    resumed = f" (resumed: {summary['resumed_units']} finished units were kept)" if summary["resumed_units"] else ""
+    print(f"napari-regcon: prediction written to {a.out}" + (f" and {a.probabilities}" if a.probabilities else "") + resumed,
           file=sys.stderr)
     return 0
 
 
-def _predict_into(bundle: dict, image: Any, labels: Any, probs: Any, channel_axis: int | None, a: argparse.Namespace) -> None:
-    from napari_regcon.core.workflows import run_predict
+def _predict_crf(a: argparse.Namespace, bundle: dict, image: Any) -> int:
+    """``predict --crf``: predict probabilities into scratch files next to the output, refine them
+    plane by plane with a dense CRF (core.postprocess), write the outputs atomically."""
+    import shutil
+    import tempfile
+    from types import SimpleNamespace
 
-    with _StopFlag() as stop:
-        run_predict(bundle, image, callback=_progress("predict", a.quiet), channel_axis=channel_axis,
-                    out_labels=labels, out_probs=probs, probabilities=probs is not None, tile=a.tile,
-                    overlap=a.overlap, batch_size=a.batch_size, device=a.device, should_stop=stop)
-        if stop():
-            raise _Interrupted("prediction stopped; no output was written.")
+    import numpy as np
+
+    from napari_regcon.core.io import atomic_path, close_output, create_output
+    from napari_regcon.core.normalize import Normalization
+    from napari_regcon.core.outputs import PredictionStopped, predict_to_files
+    from napari_regcon.core.postprocess import crf_refine_into
+    from napari_regcon.core.volume import as_volume
+
+    channel_axis = a.channel_axis
+    if channel_axis is None and bundle["model"]["in_channels"] > 1:
+        channel_axis = bundle.get("data", {}).get("channel_axis")
+    scratch = Path(tempfile.mkdtemp(prefix=".regcon-crf-", dir=Path(a.out).resolve().parent))
+    try:
+        with _StopFlag() as stop:
+            try:
+                _drive(predict_to_files(bundle, image, scratch / "labels.npy", scratch / "probs.npy",
+                                        channel_axis=channel_axis, tile=a.tile, overlap=a.overlap,
+                                        batch_size=a.batch_size, device=a.device, should_stop=stop),
+                       _progress("predict", a.quiet))
+            except PredictionStopped:
+                raise _Interrupted("prediction stopped; no output was written.") from None
+        probs = np.load(scratch / "probs.npy", mmap_mode="r")
+        values = [int(v) for v in bundle["classes"]["values"]]
+        bar = _progress("CRF", a.quiet)
+        refine = {"image": as_volume(image, channel_axis), "normalization": Normalization.from_dict(bundle["normalization"]),
+                  "class_values": values, "callback": lambda done, total: bar(SimpleNamespace(done=done, total=total))}
+        with atomic_path(a.out) as tmp_l:
+            labels = create_output(tmp_l, probs.shape[1:], "uint8" if max(values) < 256 else "uint16")
+            if a.probabilities:
+                with atomic_path(a.probabilities) as tmp_p:
+                    refined = create_output(tmp_p, probs.shape, "float32")
+                    crf_refine_into(probs, out_labels=labels, out_probs=refined, **refine)
+                    close_output(refined)
+                    del refined
+            else:
+                crf_refine_into(probs, out_labels=labels, **refine)
+            close_output(labels)
+            del labels, probs
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(f"napari-regcon: CRF-refined prediction written to {a.out}" + (f" and {a.probabilities}" if a.probabilities else ""),
+          file=sys.stderr)
+    return 0
+
+
+def _drive(gen: Any, callback: Callable[[Any], None]) -> Any:
+    """Run a core generator to the end, feeding its events to ``callback``; returns its value."""
+    while True:
+        try:
+            callback(next(gen))
+        except StopIteration as stop:
+            return stop.value
+
+
+def _check_tile(tile: str | None) -> None:
+    if tile is None:
+        return
+    from napari_regcon.core.workflows import parse_patch
+    parts = parse_patch(tile, 3 if "," in str(tile) and len(str(tile).split(",")) == 3 else 2)
+    if parts and min(parts[-2:]) < 32:
+        raise RegconError(f"The tile size {tile} is too small to predict efficiently; use at least 32 pixels in Y and X (default 256).")
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
@@ -214,6 +286,16 @@ def cmd_demo(a: argparse.Namespace) -> int:
     report = run_demo(a.out, pretrain_steps=a.pretrain_steps, finetune_steps=a.finetune_steps, device=a.device,
                       seed=a.seed, quiet=a.quiet)
     print(json.dumps({"membrane_dice": report["membrane_dice"], "out": str(a.out)}))
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from napari_regcon.core.export import export_bioimageio
+
+    report = export_bioimageio(a.model, a.out, image=a.image, channel_axis=a.channel_axis, name=a.name,
+                               description=a.description, authors=a.author)
+    print(f"napari-regcon: bioimage.io package written to {report.path} (bioimageio.spec {report.spec_version}: "
+          f"{report.status}; TorchScript matches the predictor within {report.max_abs_diff:.1e})", file=sys.stderr)
     return 0
 
 
@@ -244,13 +326,20 @@ def _add_common_training(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (exit code 2), like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"napari-regcon: error: {message} (see '{self.prog} --help').\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     from napari_regcon.core.pretext import PRETEXTS
 
-    parser = argparse.ArgumentParser(prog="napari-regcon", description="Label-efficient segmentation of microscopy stacks: pretrain, fine-tune, predict, evaluate.")
+    parser = _Parser(prog="napari-regcon", description="Label-efficient segmentation of microscopy stacks: pretrain, fine-tune, predict, evaluate.")
     parser.add_argument("--version", action="version", version=f"napari-regcon {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("pretrain", help="self-supervised pretraining on unlabeled images",
                        description="Pretrain a U-Net on unlabeled images with a self-supervised method; writes a bundle usable as --init for finetune.")
@@ -258,7 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="mim", choices=sorted(PRETEXTS), help="self-supervised method (default mim)")
     p.add_argument("--out", required=True, metavar="BUNDLE", help="output bundle file")
     p.add_argument("--mask-ratio", type=float, default=0.6, help="mim: fraction of masked cells (default 0.6)")
-    p.add_argument("--mask-patch", type=int, default=16, help="mim: masked cell size in pixels (default 16)")
+    p.add_argument("--mask-patch", default="16",
+                   help="mim: masked cell size, 16 or per axis 4,16,16 (ZYX); in 3D a single number follows the "
+                        "voxel size of the TIFF when it is known (default 16)")
+    p.add_argument("--mask", default="random",
+                   help="mim masking: random, intensity (bright structures masked more often), channel (independent "
+                        "mask per channel) or a combination such as intensity,channel (default random)")
     p.add_argument("--param", action="append", default=None, metavar="KEY=VALUE",
                    help="extra parameter of the method, e.g. --param temperature=0.1 (repeatable)")
     _add_common_training(p, 1000)
@@ -282,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True)
     p.add_argument("--out", required=True, help="labels output: .tif, .zarr or .npy")
     p.add_argument("--probabilities", default=None, metavar="OUT", help="also write class probabilities (C, ...) here")
-    p.add_argument("--crf", action="store_true", help="refine with a fully connected CRF")
+    p.add_argument("--crf", action="store_true",
+                   help="refine with a fully connected CRF (2D, slice by slice; GLRP's post-processing)")
     p.add_argument("--tile", default=None, help="tile size, e.g. 256 or 16,128,128 (default 256 in 2D)")
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (default 0.25)")
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default 4)")
@@ -309,6 +404,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("export", help="write a bioimage.io model package of a segmentation bundle",
+                       description="Export a fine-tuned bundle as a bioimage.io model package (format 0.5): TorchScript "
+                                   "weights, test input/output, cover, README, and the bundle itself (predict and "
+                                   "finetune --init read the package back). Needs: pip install \"napari-regcon[export]\".")
+    p.add_argument("--model", required=True, metavar="BUNDLE", help="a segmentation bundle (from finetune)")
+    p.add_argument("--out", required=True, metavar="DIR|ZIP", help="package.zip, or a new folder")
+    p.add_argument("--image", default=None, help="image for the test input (default: the bundle's training image)")
+    p.add_argument("--channel-axis", type=int, default=None)
+    p.add_argument("--name", default=None, help="model name (letters, digits, spaces, _+-())")
+    p.add_argument("--description", default=None, help="one-paragraph description of the model")
+    p.add_argument("--author", action="append", default=None, metavar="NAME", help="author name (repeatable)")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("info", help="describe a bundle", description="Print a bundle's metadata as JSON.")
     p.add_argument("model", metavar="BUNDLE")
     p.set_defaults(func=cmd_info)
@@ -318,8 +426,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, run, turn errors into one line on stderr and an exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version and usage errors (already printed)
+        return int(exit_.code or 0)
+    from napari_regcon.core import distributed
+
+    try:
+        if args.command in ("pretrain", "finetune"):
+            distributed.init_from_env(args.device)
         return int(args.func(args) or 0)
     except RegconError as err:
         print(f"napari-regcon: error: {err}", file=sys.stderr)
@@ -330,9 +445,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("napari-regcon: aborted; no partial output was left behind.", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except MemoryError:
-        print("napari-regcon: error: out of memory; use a smaller --batch-size, --patch-size or --tile.", file=sys.stderr)
+    except (MemoryError, torch_oom()) as err:
+        print(f"napari-regcon: error: out of memory ({type(err).__name__}); use a smaller --batch-size, --patch-size or --tile.", file=sys.stderr)
         return 1
+    finally:
+        distributed.shutdown()
+
+
+def torch_oom() -> type[BaseException]:
+    """torch's out-of-memory exception type (a RuntimeError subclass on recent versions)."""
+    import torch
+    return getattr(torch, "OutOfMemoryError", MemoryError)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,14 @@ so that a file from a stranger can never run code.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -101,8 +102,13 @@ def load_bundle(path: str | Path) -> dict[str, Any]:
         raise RegconError(f"{path} is a folder, not a model bundle file.")
     if path.stat().st_size == 0:
         raise RegconError(f"The model bundle {path} is empty.")
+    return _read_bundle(path, path)
+
+
+def _read_bundle(source: str | Path | BinaryIO, path: str | Path) -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` of a file or stream, then :func:`validate_bundle`."""
     try:
-        bundle = torch.load(path, map_location="cpu", weights_only=True)
+        bundle = torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise RegconError(f"Refusing to load {path}: it contains Python objects, not plain data (it is not a napari-regcon bundle, and loading it could run code).") from err
     except (zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as err:
@@ -126,3 +132,78 @@ def validate_bundle(bundle: Any, path: str | Path = "bundle") -> dict[str, Any]:
     if not isinstance(bundle["state_dict"], dict) or not all(isinstance(v, torch.Tensor) for v in bundle["state_dict"].values()):
         raise RegconError(f"{path} has malformed weights.")
     return bundle
+
+
+# --- bioimage.io model packages (written by core/export.py) ------------------------------------
+
+PACKAGE_BUNDLE = "napari_regcon_bundle.pt"
+"""File name of the napari-regcon bundle attached to an exported bioimage.io package."""
+PACKAGE_CONFIG_KEY = "napari_regcon"
+"""Key under the package's ``config`` that names the attached bundle."""
+_RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
+
+
+def _is_rdf_name(name: str) -> bool:
+    return name in _RDF_NAMES or name.endswith(".bioimageio.yaml")
+
+
+def _package_bundle_name(rdf_text: str, where: Path) -> str:
+    """The attached bundle's file name from a package's rdf.yaml (plain YAML, read with safe_load)."""
+    import yaml
+
+    try:
+        rdf = yaml.safe_load(rdf_text)
+    except yaml.YAMLError as err:
+        raise RegconError(f"{where} is not a readable bioimage.io model package (its rdf.yaml is not valid YAML).") from err
+    rdf = rdf if isinstance(rdf, dict) else {}
+    config = rdf.get("config") if isinstance(rdf.get("config"), dict) else {}
+    ours = config.get(PACKAGE_CONFIG_KEY) if isinstance(config.get(PACKAGE_CONFIG_KEY), dict) else {}
+    name = ours.get("bundle")
+    if not isinstance(name, str):
+        attached = [a.get("source") if isinstance(a, dict) else a for a in rdf.get("attachments") or []]
+        name = PACKAGE_BUNDLE if PACKAGE_BUNDLE in attached else None
+    if name is None:
+        raise RegconError(f"{where} is a bioimage.io model package without an attached napari-regcon bundle; "
+                          "napari-regcon can only use packages exported by 'napari-regcon export'.")
+    if "/" in name or "\\" in name or name in ("", ".", ".."):
+        raise RegconError(f"{where} names an invalid bundle file {name!r} in its rdf.yaml.")
+    return name
+
+
+def load_model_source(path: str | Path) -> dict[str, Any]:
+    """Load a segmentation or pretrained bundle from a bundle file or a bioimage.io package (zip or folder).
+
+    A package exported by napari-regcon carries the original bundle as an attachment; it is read
+    with ``torch.load(weights_only=True)`` and validated like any bundle, so prediction and
+    fine-tuning from a package use exactly the same model and normalisation as from the bundle.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise RegconError(f"The model {path} does not exist.")
+    if path.is_dir():
+        rdfs = sorted(p for p in path.iterdir() if p.is_file() and _is_rdf_name(p.name))
+        if not rdfs:
+            raise RegconError(f"{path} is a folder, but neither a bioimage.io model package (no rdf.yaml in it) "
+                              "nor a napari-regcon bundle file.")
+        name = _package_bundle_name(rdfs[0].read_text(encoding="utf-8", errors="replace"), path)
+        inner = path / name
+        if not inner.is_file():
+            raise RegconError(f"The bioimage.io package {path} is incomplete: its napari-regcon bundle {name} is missing.")
+        return load_bundle(inner)
+    if path.is_file() and zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+                rdfs = sorted(n for n in names if _is_rdf_name(n))
+                if rdfs:
+                    name = _package_bundle_name(zf.read(rdfs[0]).decode("utf-8", errors="replace"), path)
+                    if name not in names:
+                        raise RegconError(f"The bioimage.io package {path} is incomplete: its napari-regcon bundle {name} is missing.")
+                    with zf.open(name) as fh:
+                        data = io.BytesIO(fh.read())
+                    return _read_bundle(data, f"{path} ({name})")
+                if not any(n.endswith("data.pkl") for n in names):  # torch.save files are zips holding data.pkl
+                    raise RegconError(f"{path} is a zip file, but neither a napari-regcon bundle nor a bioimage.io model package.")
+        except (zipfile.BadZipFile, OSError) as err:
+            raise RegconError(f"{path} is not a readable model file (corrupted zip archive).") from err
+    return load_bundle(path)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +72,7 @@ def iter_predict(model: UNet, volume: Volume, norm: Normalization, out_labels: A
                  tile: tuple[int, ...] | None = None, overlap: float = 0.25, batch_size: int = 4,
                  device: torch.device | str = "cpu", amp: bool | None = None,
                  should_stop: Callable[[], bool] | None = None, zrange: tuple[int, int] | None = None,
+                 skip: Collection[int] | None = None, on_unit_done: Callable[[int], None] | None = None,
                  ) -> Iterator[PredictEvent]:
     """Predict ``volume`` tile by tile, writing into ``out_labels`` / ``out_probs``; yields progress.
 
@@ -87,6 +88,10 @@ def iter_predict(model: UNet, volume: Volume, norm: Normalization, out_labels: A
         network's poolings need.
     zrange
         Restrict a 2D model's prediction to planes ``[z0, z1)`` (used by the live preview).
+    skip, on_unit_done
+        Resumable prediction: units are planes (2D model) or bands of tiles along Z (3D model).
+        ``on_unit_done(u)`` is called once unit ``u`` is completely written; units in ``skip``
+        (for 3D, a prefix of bands) are not recomputed or rewritten.
     """
     from napari_regcon.core.device import get_device
 
@@ -110,15 +115,17 @@ def iter_predict(model: UNet, volume: Volume, norm: Normalization, out_labels: A
     starts = [tile_starts(s, t, overlap) for s, t in zip(spatial, tile)]
     per_plane = int(np.prod([len(s) for s in starts]))
     total = per_plane * len(planes)
-    done = 0
     t0 = time.perf_counter()
     model.to(device).eval()
     ctx = torch.autocast(device_type=device.type, dtype=torch.float16) if use_amp else contextlib.nullcontext()
 
     def run(batch: list[np.ndarray]) -> torch.Tensor:
         inp = torch.from_numpy(np.stack(batch)).to(device)
+        # PyTorch's CPU conv3d leaves oneDNN for a batch of 1 and runs ~4x slower per tile than
+        # with 2 (measured, benchmarks/inference_speed.py): run a lone 3D tile twice instead.
+        lone = len(batch) == 1 and cfg.ndim == 3 and device.type == "cpu"
         with torch.inference_mode(), ctx:
-            out = model(inp).float()
+            out = model(inp.expand(2, *inp.shape[1:]) if lone else inp).float()[:len(batch)]
         return out.softmax(1) if class_values is not None else out
 
     def write(region: tuple[slice, ...], acc: np.ndarray, plane: int | None) -> None:
@@ -138,24 +145,38 @@ def iter_predict(model: UNet, volume: Volume, norm: Normalization, out_labels: A
             if out_probs is not None:
                 out_probs[(slice(None), *region)] = acc
 
+    skip = set(skip or ())
+    units = len(planes) if cfg.ndim == 2 else len(starts[0])
+    if cfg.ndim == 3 and skip != set(range(len(skip))):
+        raise ValueError("a 3D prediction resumes from a prefix of finished bands")
+    done = len(skip) * (per_plane if cfg.ndim == 2 else per_plane // units)
+    rest = list(np.ndindex(*[len(s) for s in starts[1:]]))
     for plane in planes:
+        if cfg.ndim == 2 and plane in skip:
+            continue
         first = starts[0]
-        band_lo = 0
+        resume_row = first[len(skip)] if cfg.ndim == 3 and 0 < len(skip) < units else 0
+        k0 = next(k for k, s0 in enumerate(first) if s0 + tile[0] > resume_row) if resume_row else 0
+        band_lo = first[k0]
         acc = np.zeros((n_out, min(tile[0], spatial[0]), *spatial[1:]), np.float32)
         wsum = np.zeros(acc.shape[1:], np.float32)
-        for _k, s0 in enumerate(first):
-            # shift the band so it starts at s0, flushing rows that are final
+        for k in range(k0, len(first)):
+            s0 = first[k]
+            # shift the band so it starts at s0, writing the rows no later tile touches
             if s0 > band_lo:
                 shift = s0 - band_lo
-                _flush(write, acc[:, :shift], wsum[:shift], band_lo, plane)
+                _flush(write, acc[:, :shift], wsum[:shift], band_lo, plane, min_row=resume_row)
                 acc = np.concatenate([acc[:, shift:], np.zeros((n_out, shift, *spatial[1:]), np.float32)], 1)
                 wsum = np.concatenate([wsum[shift:], np.zeros((shift, *spatial[1:]), np.float32)], 0)
                 band_lo = s0
-            rest = list(np.ndindex(*[len(s) for s in starts[1:]]))
-            for i in range(0, len(rest), batch_size):
+                if cfg.ndim == 3 and on_unit_done is not None and k - 1 >= len(skip):
+                    on_unit_done(k - 1)
+            n_batches = -(-len(rest) // batch_size)  # balanced batches: 3+3+3 tiles, not 4+4+1
+            bounds = np.linspace(0, len(rest), n_batches + 1).round().astype(int)
+            for i, j in zip(bounds[:-1], bounds[1:]):
                 if should_stop is not None and should_stop():
                     return
-                chunk = rest[i:i + batch_size]
+                chunk = rest[i:j]
                 tiles, origins = [], []
                 for idx in chunk:
                     origin = (s0, *[starts[d + 1][j] for d, j in enumerate(idx)])
@@ -174,16 +195,24 @@ def iter_predict(model: UNet, volume: Volume, norm: Normalization, out_labels: A
                     local = (slice(region[0].start - band_lo, region[0].stop - band_lo), *region[1:])
                     acc[(slice(None), *local)] += crop
                     wsum[local] += w_np[tuple(slice(0, r.stop - r.start) for r in region)]
-                done += len(chunk)
+                if k >= len(skip) or cfg.ndim == 2:
+                    done += len(chunk)
                 el = time.perf_counter() - t0
-                yield PredictEvent(done, total, el, el / done * (total - done))
-        _flush(write, acc, wsum, band_lo, plane, upto=spatial[0] - band_lo)
+                yield PredictEvent(done, total, el, el / max(done, 1) * (total - done))
+        _flush(write, acc, wsum, band_lo, plane, upto=spatial[0] - band_lo, min_row=resume_row)
+        if on_unit_done is not None:
+            on_unit_done(plane if cfg.ndim == 2 else len(first) - 1)
     return
 
 
-def _flush(write: Callable, acc: np.ndarray, wsum: np.ndarray, lo: int, plane: int | None, upto: int | None = None) -> None:
+def _flush(write: Callable, acc: np.ndarray, wsum: np.ndarray, lo: int, plane: int | None,
+           upto: int | None = None, min_row: int = 0) -> None:
+    """Write the finished rows ``[lo, lo + n)`` of the band, skipping rows below ``min_row``."""
     if upto is not None:
         acc, wsum = acc[:, :upto], wsum[:upto]
+    if lo < min_row:
+        cut = min(min_row - lo, acc.shape[1])
+        acc, wsum, lo = acc[:, cut:], wsum[cut:], lo + cut
     if acc.shape[1] == 0:
         return
     region = (slice(lo, lo + acc.shape[1]), *[slice(None)] * (acc.ndim - 2))

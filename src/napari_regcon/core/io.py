@@ -18,6 +18,7 @@ import numpy as np
 
 from napari_regcon.core.errors import RegconError
 
+EAGER_TIFF_BYTES = 512 * 2**20  # compressed TIFFs larger than this are read lazily, page by page
 IMAGE_SUFFIXES = (".tif", ".tiff", ".zarr", ".npy", ".png")
 
 
@@ -40,22 +41,36 @@ def read_array(path: str | Path, what: str = "image") -> Any:
     if path.is_file() and path.stat().st_size == 0:
         raise RegconError(f"The {what} file {path} is empty.")
     try:
-        if suffix in (".tif", ".tiff"):
-            import tifffile
-            try:
-                return tifffile.memmap(path, mode="r")
-            except Exception:
-                return tifffile.imread(path)
-        if suffix == ".npy":
-            return np.load(path, mmap_mode="r", allow_pickle=False)
-        if suffix == ".png":
-            import imageio.v3 as iio
-            return iio.imread(path)
-        return _open_zarr(path)
+        arr = _open(path, suffix)
     except RegconError:
         raise
     except Exception as err:
         raise RegconError(f"Cannot read the {what} file {path}: it is not a valid {suffix[1:].upper()} file ({type(err).__name__}).") from err
+    if int(np.prod(arr.shape)) == 0:
+        raise RegconError(f"Cannot read the {what} file {path}: it is not a valid {suffix[1:].upper()} file (no image data).")
+    return arr
+
+
+def _open(path: Path, suffix: str) -> Any:
+    if suffix in (".tif", ".tiff"):
+        import logging
+
+        import tifffile
+        logging.getLogger("tifffile").setLevel(logging.ERROR)
+        try:
+            return tifffile.memmap(path, mode="r")  # uncompressed: memory-mapped, zero copy
+        except Exception:
+            pass
+        if path.stat().st_size < EAGER_TIFF_BYTES:
+            return tifffile.imread(path)
+        import zarr
+        return zarr.open(tifffile.imread(path, aszarr=True), mode="r")  # compressed and large: page by page
+    if suffix == ".npy":
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    if suffix == ".png":
+        import imageio.v3 as iio
+        return iio.imread(path)
+    return _open_zarr(path)
 
 
 def _open_zarr(path: Path) -> Any:
@@ -72,6 +87,17 @@ def _open_zarr(path: Path) -> Any:
     if len(arrays) == 1:
         return node[arrays[0]]
     raise RegconError(f"{path} is a zarr group, not an array; point to the array inside it (e.g. {path}/0).")
+
+
+def check_chunking(arr: Any, name: str | Path = "image", min_plane: int = 32 * 32) -> None:
+    """Refuse lazily stored inputs whose chunks are so small that reading tiles would crawl."""
+    chunks = getattr(arr, "chunks", None)
+    if not chunks:
+        return
+    yx = [c if isinstance(c, int) else max(c) for c in chunks[-2:]]
+    if len(yx) == 2 and yx[0] * yx[1] < min_plane:
+        raise RegconError(f"{name} is stored in tiny chunks ({'x'.join(map(str, yx))} pixels in YX); rechunk it "
+                          "(e.g. to 1x512x512) before predicting.")
 
 
 def check_output_path(path: str | Path) -> Path:
@@ -139,7 +165,7 @@ def create_output(path: str | Path, shape: tuple[int, ...], dtype: Any) -> Any:
         return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=tuple(shape))
     if suffix in (".tif", ".tiff"):
         import tifffile
-        return tifffile.memmap(path, shape=tuple(shape), dtype=dtype, bigtiff=int(np.prod(shape)) * np.dtype(dtype).itemsize > 2**31)
+        return tifffile.memmap(path, shape=tuple(shape), dtype=dtype, photometric="minisblack", bigtiff=int(np.prod(shape)) * np.dtype(dtype).itemsize > 2**31)
     raise RegconError(f"Cannot write {path}: use an output ending in .tif, .zarr or .npy.")
 
 
@@ -148,3 +174,67 @@ def close_output(arr: Any) -> None:
     flush = getattr(arr, "flush", None)
     if callable(flush):
         flush()
+
+
+_UNIT_TO_UM = {"um": 1.0, "µm": 1.0, "\\u00b5m": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
+               "nm": 1e-3, "nanometer": 1e-3, "mm": 1e3, "millimeter": 1e3, "m": 1e6, "cm": 1e4,
+               "inch": 25400.0, "pixel": 1.0, "": 1.0}
+
+
+def read_voxel_size(path: str | Path) -> tuple[float, ...] | None:
+    """Physical pixel size of a TIFF as (Z, Y, X) (or (Y, X) without Z spacing), in µm when the unit is known.
+
+    Reads the ImageJ tags (XResolution/YResolution in pixels per unit, ``spacing`` and ``unit``
+    in the ImageJ description) or OME-XML PhysicalSize{X,Y,Z}; returns None for other formats or
+    when the file does not say. Used to pick physically sensible anisotropic 3D defaults.
+    """
+    path = Path(path)
+    if _suffix(path) not in (".tif", ".tiff") or not path.is_file():
+        return None
+    import tifffile
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if tif.is_ome and tif.ome_metadata:
+                size = _ome_voxel_size(tifffile.xml2dict(tif.ome_metadata))
+                if size:
+                    return size
+            page = tif.pages[0]
+            ij = tif.imagej_metadata or {}
+            tags = page.tags
+            xres, yres = tags.get("XResolution"), tags.get("YResolution")
+            if xres is None or yres is None:
+                return None
+            unit = str(ij.get("unit", "")).strip().lower()
+            res_unit = int(getattr(tags.get("ResolutionUnit"), "value", 1) or 1)
+            if not ij and res_unit in (2, 3):  # plain TIFF: resolution per inch / per centimetre
+                unit = "inch" if res_unit == 2 else "cm"
+            scale = _UNIT_TO_UM.get(unit, 1.0)
+
+            def pixel(tag: Any) -> float | None:
+                num, den = tag.value
+                return den / num * scale if num and den else None
+
+            y, x = pixel(yres), pixel(xres)
+            if y is None or x is None or (y == x == scale and not ij):
+                return None  # the default 1 pixel per unit says nothing
+            spacing = ij.get("spacing")
+            if spacing and float(spacing) > 0 and int(ij.get("slices", ij.get("images", 1)) or 1) > 1:
+                return (float(spacing) * scale, y, x)
+            return (y, x)
+    except Exception:
+        return None
+
+
+def _ome_voxel_size(meta: dict) -> tuple[float, ...] | None:
+    """(Z, Y, X) or (Y, X) in µm from an OME-XML dict, None when absent."""
+    image = meta.get("OME", {}).get("Image", {})
+    pixels = (image[0] if isinstance(image, list) else image).get("Pixels", {})
+    out = []
+    for axis in ("Z", "Y", "X"):
+        value = pixels.get(f"PhysicalSize{axis}")
+        if value is None:
+            if axis == "Z":
+                continue
+            return None
+        out.append(float(value) * _UNIT_TO_UM.get(str(pixels.get(f"PhysicalSize{axis}Unit", "µm")).lower(), 1.0))
+    return tuple(out)

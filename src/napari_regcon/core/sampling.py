@@ -92,13 +92,27 @@ class PatchSampler:
             tgt = tgt[0] if tgt is not None else None
         return img, tgt
 
-    def sample(self, batch_size: int) -> dict[str, np.ndarray]:
+    def _start_neighbour(self, i: int, start: tuple[int, int, int], max_dz: int) -> tuple[int, int, int]:
+        """Same Y/X window as ``start``, Z shifted by 1..``max_dz`` planes (unshifted if the stack is too thin)."""
+        last = self.volumes[i].shape[1] - self.patch3[0]
+        zs = [z for z in range(start[0] - max_dz, start[0] + max_dz + 1) if 0 <= z <= last and z != start[0]]
+        return (int(self.rng.choice(zs)) if zs else start[0], start[1], start[2])
+
+    def sample(self, batch_size: int, group: int = 1, max_dz: int = 0) -> dict[str, np.ndarray]:
         """A batch: ``image`` (B, C, *patch) float32, ``zpos`` (B,) the patch's relative Z position in
-        its stack (0..1, centre of the patch), ``index`` (B,) which image it came from, and, when
-        labeled, ``target`` (B, *patch) int64."""
-        images, targets, zpos, index = [], [], [], []
-        for _ in range(batch_size):
-            if self._labeled:
+        its stack (0..1, centre of the patch), ``index`` (B,) which image it came from, ``origin``
+        (B, 3) the patch's start (z, y, x) in its image, and, when labeled, ``target`` (B, *patch) int64.
+
+        With ``group`` > 1 the patches come in groups of ``group`` that share the image and the Y/X
+        window and lie at most ``max_dz`` planes apart in Z (neighbouring slices, for contrast by
+        relative position).
+        """
+        images, targets, zpos, index, origins = [], [], [], [], []
+        for n in range(batch_size):
+            if group > 1 and n % group:
+                i = index[-1]
+                start = self._start_neighbour(i, tuple(origins[n - n % group]), max_dz)
+            elif self._labeled:
                 i = int(self.rng.choice(self._labeled))
                 start = self._start_near(self.labels[i], self.volumes[i].shape[1:])
             else:
@@ -108,10 +122,12 @@ class PatchSampler:
             depth = self.volumes[i].shape[1]
             zpos.append((start[0] + self.patch3[0] / 2 - 0.5) / max(depth - 1, 1))
             index.append(i)
+            origins.append(start)
             images.append(img)
             if tgt is not None:
                 targets.append(tgt)
-        batch = {"image": np.stack(images), "zpos": np.asarray(zpos, np.float32), "index": np.asarray(index, np.int64)}
+        batch = {"image": np.stack(images), "zpos": np.asarray(zpos, np.float32), "index": np.asarray(index, np.int64),
+                 "origin": np.asarray(origins, np.int64).reshape(-1, 3)}
         if targets:
             batch["target"] = np.stack(targets)
         return batch
@@ -120,3 +136,30 @@ class PatchSampler:
 def has_annotation(target: np.ndarray) -> bool:
     """True when any pixel of an encoded target is annotated."""
     return bool((target != IGNORE).any())
+
+
+class SemiSupervisedSampler(PatchSampler):
+    """Labeled batches (as :class:`PatchSampler`) plus as many unlabeled patches in ``image_u``.
+
+    The unlabeled patches are drawn uniformly from ``unlabeled`` volumes (which may include the
+    labeled image itself: its unannotated parts are the most relevant unlabeled data). Both
+    streams share one random generator, so resuming a run restores both.
+    """
+
+    def __init__(self, volumes: list[Volume], norm: Normalization, patch_size: tuple[int, ...],
+                 labels: list[LabelSet | None], unlabeled: list[Volume], seed: int = 0,
+                 unlabeled_batch: int | None = None) -> None:
+        super().__init__(volumes, norm, patch_size, labels=labels, seed=seed)
+        if not unlabeled:
+            raise RegconError("Semi-supervised training needs at least one unlabeled image.")
+        self.unlabeled = PatchSampler(unlabeled, norm, patch_size, seed=seed)
+        self.unlabeled.rng = self.rng
+        self.unlabeled_batch = unlabeled_batch
+
+    def sample(self, batch_size: int) -> dict[str, np.ndarray]:
+        """The labeled batch plus ``image_u`` (B_u, C, *patch) and ``index_u`` (B_u,) unlabeled patches."""
+        batch = super().sample(batch_size)
+        extra = self.unlabeled.sample(self.unlabeled_batch or batch_size)
+        batch["image_u"] = extra["image"]
+        batch["index_u"] = extra["index"]
+        return batch

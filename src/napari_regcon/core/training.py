@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_regcon.core import distributed
 from napari_regcon.core.device import get_device
 from napari_regcon.core.models import UNet
 from napari_regcon.core.pretext.base import Task
@@ -80,6 +81,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class _LossModule(torch.nn.Module):
+    """Model + task as one module, so DistributedDataParallel sees every parameter the loss uses."""
+
+    def __init__(self, model: UNet, task: Task) -> None:
+        super().__init__()
+        self.model, self.task = model, task
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.task.loss(self.model, batch)
+
+
 class _Autocast:
     def __init__(self, device: torch.device, enabled: bool) -> None:
         self.device, self.enabled = device, enabled
@@ -115,13 +127,24 @@ def iter_train(model: UNet, task: Task, sampler: PatchSampler, config: TrainConf
     use_amp = device.type == "cuda" if config.amp is None else (bool(config.amp) and device.type == "cuda")
     autocast = _Autocast(device, use_amp)
     model.to(device)
+    bind = getattr(task, "bind", None)  # tasks whose heads are sized by the network build them now
+    if bind is not None:
+        bind(model)
     task.to(device)
     params = [p for p in list(model.parameters()) + list(task.parameters()) if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, config.steps, config.warmup, config.min_lr_ratio))
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
-    rng = np.random.default_rng(config.seed + 1)
+    rank, world_size = distributed.world()
+    loss_fn: torch.nn.Module = _LossModule(model, task)
+    if world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+        loss_fn = DistributedDataParallel(loss_fn, device_ids=ids, find_unused_parameters=True)
+        sampler.rng = np.random.default_rng([config.seed, rank])  # each rank draws its own patches
+    rng = np.random.default_rng(config.seed + 1 if rank == 0 else [config.seed + 1, rank])
     history: dict[str, list] = {"step": [], "loss": []}
     step = 0
     if resume:
@@ -130,8 +153,9 @@ def iter_train(model: UNet, task: Task, sampler: PatchSampler, config: TrainConf
         scheduler.load_state_dict(resume["scheduler"])
         if "task_state" in resume:
             task.load_state_dict(resume["task_state"])
-        rng.bit_generator.state = resume["rng"]
-        sampler.rng.bit_generator.state = resume["sampler_rng"]
+        if rank == 0:
+            rng.bit_generator.state = resume["rng"]
+            sampler.rng.bit_generator.state = resume["sampler_rng"]
         history = {k: list(v) for k, v in resume["history"].items()}
 
     def state() -> dict[str, Any]:
@@ -141,7 +165,7 @@ def iter_train(model: UNet, task: Task, sampler: PatchSampler, config: TrainConf
                 "sampler_rng": sampler.rng.bit_generator.state, "history": history}
 
     def checkpoint(bundle: dict | None = None) -> str | None:
-        if bundle_fn is None or out is None:
+        if bundle_fn is None or out is None or rank != 0:
             return None
         return str(save_bundle(bundle if bundle is not None else bundle_fn(model, history, state()), out))
 
@@ -154,23 +178,24 @@ def iter_train(model: UNet, task: Task, sampler: PatchSampler, config: TrainConf
     model.train()
     task.train()
     while step < config.steps:
-        if should_stop is not None and should_stop():
+        if distributed.any_rank(should_stop is not None and should_stop(), device):
             model.eval()
             result = final()
             path = checkpoint(result)
             yield Progress("cancelled", step, config.steps, elapsed=time.perf_counter() - t0, path=path)
             return result
-        batch = task.prepare(sampler.sample(config.batch_size), rng)
+        options = getattr(task, "sample_options", None)  # e.g. neighbouring slices for glrp
+        batch = task.prepare(sampler.sample(config.batch_size, **options) if options else sampler.sample(config.batch_size), rng)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with autocast():
-            loss, logs = task.loss(model, batch)
+            loss, logs = loss_fn(batch)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
         step += 1
-        value = float(loss.detach())
+        value = distributed.mean_across_ranks(float(loss.detach()), device)
         history["step"].append(step)
         history["loss"].append(value)
         elapsed = time.perf_counter() - t0

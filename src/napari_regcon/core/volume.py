@@ -88,7 +88,8 @@ class Volume:
             if z.start not in (0, None) or (z.stop is not None and z.stop > 1):
                 raise IndexError("a 2D image has a single z plane")
             block = block[:, None]
-        return block.astype(np.float32, copy=False)
+        # always a copy: callers normalise blocks in place, and a view would change the user's array
+        return block.astype(np.float32, copy=True)
 
 
 def as_volume(data: Any, channel_axis: int | None = None) -> Volume:

@@ -30,7 +30,13 @@ from napari_regcon.core.models import (
 from napari_regcon.core.normalize import Normalization, fit_normalization
 from napari_regcon.core.pretext import get_pretext
 from napari_regcon.core.pretext.base import Task
-from napari_regcon.core.sampling import PatchSampler, check_patch_size, default_patch_size
+from napari_regcon.core.sampling import (
+    PatchSampler,
+    SemiSupervisedSampler,
+    check_patch_size,
+    default_patch_size,
+)
+from napari_regcon.core.semisupervised import SemiSupervisedTask
 from napari_regcon.core.supervised import SupervisedTask
 from napari_regcon.core.training import Progress, TrainConfig, iter_train, seed_everything
 from napari_regcon.core.volume import Volume, as_volume
@@ -166,14 +172,14 @@ def finetune_job(image: Any, labels: Any, *, init: dict | None = None, dense: bo
                  batch_size: int = 8, lr: float = 1e-3, base: int = 16, depth: int = 3, seed: int = 0,
                  device: str = "auto", class_names: Sequence[str] | None = None, resume: dict | None = None,
                  checkpoint_every: int = 100, unlabeled: Sequence[Any] | None = None,
-                 sources: list[str] | None = None) -> Job:
+                 sources: list[str] | None = None, semi_params: dict | None = None) -> Job:
     """Build a fine-tuning job on ``labels`` (sparse: 0 = not annotated; ``dense``: 0 = a class).
 
     ``init`` is a bundle (pretrained or segmentation) whose architecture and transferable
     weights start the network; without it ``ndim``, ``base`` and ``depth`` define a fresh one.
+    With ``unlabeled`` images the job is semi-supervised (:class:`SemiSupervisedTask`, options in
+    ``semi_params``); their unannotated patches and the labeled image's are the unlabeled pool.
     """
-    if unlabeled:
-        raise RegconError("Semi-supervised fine-tuning with --unlabeled is not available yet in this version.")
     if init is not None:
         icfg = UNetConfig.from_dict(init["model"])
         ndim, base, depth = icfg.ndim, icfg.base, icfg.depth
@@ -181,7 +187,8 @@ def finetune_job(image: Any, labels: Any, *, init: dict | None = None, dense: bo
     labelset = build_labelset(labels, vol.spatial_shape, dense=dense, seed=seed)
     if class_names is not None and len(class_names) != labelset.n_classes:
         raise RegconError(f"{len(class_names)} class names were given for {labelset.n_classes} classes ({labelset.class_values}).")
-    norm = fit_normalization([vol])
+    vols_u = _volumes(list(unlabeled), channel_axis, ndim) if unlabeled else []
+    norm = fit_normalization([vol, *vols_u])
     if init is not None:
         icfg = UNetConfig.from_dict(init["model"])
         if icfg.in_channels != vol.shape[0]:
@@ -201,10 +208,21 @@ def finetune_job(image: Any, labels: Any, *, init: dict | None = None, dense: bo
     elif init is not None:
         load_init(model, init)
         pretext_info = dict(init.get("pretext", {}))
-    task = SupervisedTask(labelset.n_classes)
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
                          checkpoint_every=checkpoint_every)
-    sampler = PatchSampler([vol], norm, patch, labels=[labelset], seed=seed)
+    task: Task
+    if vols_u:
+        try:
+            task = SemiSupervisedTask(labelset.n_classes, cfg, steps, seed=seed, **(semi_params or {}))
+        except TypeError as err:
+            raise RegconError(f"Bad semi-supervised parameter: {err}.") from None
+        if init is not None and resume is None and task.net2_init == "same":
+            load_init(task.net2, init)
+        sampler: PatchSampler = SemiSupervisedSampler([vol], norm, patch, [labelset], [vol, *vols_u], seed=seed)
+        pretext_info["finetune"] = {"method": task.name, "params": task.params(), "unlabeled_images": len(vols_u)}
+    else:
+        task = SupervisedTask(labelset.n_classes)
+        sampler = PatchSampler([vol], norm, patch, labels=[labelset], seed=seed)
     names = list(class_names) if class_names else [f"class {v}" for v in labelset.class_values]
     classes = {"values": labelset.class_values, "names": names, "dense": dense}
 
@@ -242,6 +260,7 @@ def predict_arrays(bundle: dict, image: Any, *, channel_axis: int | None = None,
                    out_labels: Any | None = None, out_probs: Any | None = None, tile: Any = None,
                    overlap: float = 0.25, batch_size: int = 4, device: str = "auto",
                    should_stop: Callable[[], bool] | None = None, zrange: tuple[int, int] | None = None,
+                   skip: Any = None, on_unit_done: Callable[[int], None] | None = None,
                    ) -> Generator[Any, None, tuple[Any, Any]]:
     """Predict ``image`` with a segmentation bundle; yields progress, returns (labels, probabilities).
 
@@ -265,7 +284,8 @@ def predict_arrays(bundle: dict, image: Any, *, channel_axis: int | None = None,
         out_probs = np.zeros((len(values), *spatial), np.float32)
     tile_t = parse_patch(tile, model.config.ndim) if tile is not None else None
     yield from iter_predict(model, vol, norm, out_labels, out_probs, values, tile=tile_t, overlap=overlap,
-                           batch_size=batch_size, device=device, should_stop=should_stop, zrange=zrange)
+                           batch_size=batch_size, device=device, should_stop=should_stop, zrange=zrange,
+                          skip=skip, on_unit_done=on_unit_done)
     return out_labels, out_probs
 
 

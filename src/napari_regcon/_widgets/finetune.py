@@ -1,0 +1,289 @@
+"""Section 2: paint sparse labels and fine-tune, with a live preview of the slice in view."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QCollapsible
+
+from napari_regcon.core.errors import RegconError
+
+from .common import LayerChecklist, LayerCombo, ModelPicker, hint, row
+from .jobs import FinetuneParams, finetune_updates
+from .layers import (
+    class_names_of,
+    current_plane,
+    in_viewer,
+    labels_kwargs,
+    layer_array,
+    parse_class_names,
+    spatial_labels,
+    spatial_shape,
+    to_layer_data,
+    unwrap,
+)
+from .options import PRESETS, NetworkOptions, TrainOptions
+from .progress import RunPanel
+from .runner import Runner
+from .state import ModelEntry, PlaneTracker, RunState, RunStatus, Session
+from .updates import Finished, PreviewUpdate, StepUpdate, Update
+
+PREVIEW_NAME = "live preview"
+
+
+class FinetuneWidget(QWidget):
+    """Fine-tune a segmentation model on a sparsely painted labels layer."""
+
+    done = Signal()
+
+    def __init__(self, viewer: Any, session: Session | None = None, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.session = session or Session()
+        self.status = RunStatus()
+        self.preview_layer: Any = None
+        self.preview_every = 3.0  # seconds between live previews (at least; large planes take longer)
+        self._run: dict[str, Any] = {}
+
+        self.inputs = QWidget()
+        self.image = LayerCombo(viewer, ("image",))
+        self.labels = LayerCombo(viewer, ("labels",), none_text="(none: create one below)")
+        self.classes = QLineEdit("background, foreground")
+        self.classes.setToolTip("Class names, in label order: the first is label 1, the second label 2, …")
+        self.new_labels = QPushButton("New labels layer")
+        self.new_labels.setToolTip("Add an empty labels layer for the chosen image, with these class names")
+        self.class_hint = hint("")
+        self.init = ModelPicker(self.session, ("pretrained", "segmentation"),
+                                none_text="random initialisation (no pretraining)")
+        self.preset = QComboBox()
+        self.preset.addItems([p.label for p in PRESETS])
+        self.options = TrainOptions()
+        self.preview = QCheckBox("Live preview (slice in view, every ~3 s)")
+        self.preview.setChecked(True)
+        self.network = NetworkOptions()
+        self.unlabeled = LayerChecklist(viewer, ("image",))
+        self.unlabeled.setToolTip("Optional unlabeled images: fine-tuning also learns from them (semi-supervised)")
+        self.network.form.addRow("Semi-supervised", self.unlabeled)
+        advanced = QCollapsible("Advanced")
+        advanced.addWidget(self.network)
+
+        form = QFormLayout()
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("Image", self.image)
+        form.addRow("Classes", row(self.classes, self.new_labels))
+        form.addRow("", self.class_hint)
+        form.addRow("Labels", self.labels)
+        form.addRow("Start from", self.init)
+        form.addRow("Data type", self.preset)
+        inner = QVBoxLayout(self.inputs)
+        inner.setContentsMargins(0, 0, 0, 0)
+        inner.addLayout(form)
+        inner.addWidget(self.options)
+        inner.addWidget(self.preview)
+        inner.addWidget(advanced)
+
+        self.panel = RunPanel(self.status, "Start fine-tuning")
+        lay = QVBoxLayout(self)
+        lay.addWidget(hint("Paint a few strokes of every class on one or two slices — background "
+                           "included — then Start. Label 0 means 'not annotated' and is ignored."))
+        lay.addWidget(self.inputs)
+        lay.addWidget(self.panel)
+
+        self.classes.textChanged.connect(self._on_classes)
+        self.new_labels.clicked.connect(self.create_labels_layer)
+        self.preset.currentIndexChanged.connect(self._on_preset)
+        self.init.changed.connect(self._on_init)
+        self.status.events.state.connect(self._on_state)
+        self.session.retrain_requested.connect(self.retrain)
+        self.runner = Runner(self.status, self.session, self._prepare, self._on_update, "fine-tuning")
+        self._on_preset(0)
+        self._on_classes()
+        self._on_init()
+
+    # ---- form reactions -------------------------------------------------------------------
+    def _on_classes(self, *_: Any) -> None:
+        names = parse_class_names(self.classes.text())
+        listed = ", ".join(f"{v} = {n}" for v, n in names.items())
+        self.class_hint.setText(f"Brush values: {listed}; 0 = not annotated (ignored). "
+                                "Paint the background as a class of its own.")
+
+    def _on_preset(self, index: int) -> None:
+        self.options.apply_preset(PRESETS[index], pretrain=False)
+        self._on_init()
+
+    def _on_init(self) -> None:
+        entry = self.init.current()
+        fixed = entry is not None
+        if fixed:
+            ndim = int(entry.bundle["model"].get("ndim", 2))
+            self.options.ndim.setCurrentIndex(0 if ndim == 2 else 1)
+            patch = entry.bundle.get("data", {}).get("patch_size")
+            if patch:
+                self.options.patch.setText(",".join(str(p) for p in patch) if ndim == 3 else str(patch[-1]))
+        self.options.ndim.setEnabled(not fixed)
+        self.network.base.setEnabled(not fixed)
+        self.network.depth.setEnabled(not fixed)
+
+    def _on_state(self, state: RunState) -> None:
+        self.inputs.setEnabled(state == RunState.IDLE)
+        if state == RunState.IDLE:
+            self._end_run()
+
+    # ---- labels layer ----------------------------------------------------------------------
+    def create_labels_layer(self) -> Any | None:
+        """Add an empty labels layer matching the chosen image, with named classes, ready to paint."""
+        img = self.image.layer()
+        if img is None:
+            show_error("Choose an image layer first; the new labels layer gets its shape and voxel size.")
+            return None
+        names = parse_class_names(self.classes.text())
+        if len(names) < 2:
+            show_error("Give at least two class names separated by commas, e.g. background, membrane.")
+            return None
+        try:
+            ca = self.network.channel_axis.resolve(img)
+        except RegconError as err:
+            show_error(str(err))
+            return None
+        data = to_layer_data(np.zeros(spatial_shape(layer_array(img).shape, ca), np.uint8), img, ca)
+        layer = unwrap(self.viewer.add_labels(data, name=f"{img.name} labels", opacity=0.7,
+                                              **labels_kwargs(names, img, ca)))
+        layer.brush_size = 6
+        layer.selected_label = 1
+        layer.mode = "paint"
+        self.viewer.layers.selection.active = layer
+        self.labels.set_layer(layer)
+        show_info(f"Paint with label 1 ({names[1]}) and label 2 ({names[2]}); 0 erases.")
+        return layer
+
+    # ---- run ------------------------------------------------------------------------------
+    def _prepare(self, stop: threading.Event) -> tuple:
+        img, lab = self.image.layer(), self.labels.layer()
+        if img is None:
+            raise RegconError("Choose the image layer to segment.")
+        if lab is None:
+            raise RegconError("Choose a labels layer, or press 'New labels layer' and paint a few strokes of every class.")
+        ca = self.network.channel_axis.resolve(img)
+        image = layer_array(img)
+        labels = spatial_labels(layer_array(lab), img, ca)
+        want = spatial_shape(image.shape, ca)
+        if tuple(labels.shape) != want:
+            raise RegconError(f"The labels layer '{lab.name}' has shape {tuple(lab.data.shape)} but the image "
+                              f"'{img.name}' has spatial shape {want}; use 'New labels layer' to make a matching one.")
+        names = class_names_of(lab) or parse_class_names(self.classes.text())
+        entry = self.init.current()
+        params = FinetuneParams(init=entry.bundle if entry else None, class_names=names,
+                                unlabeled=[layer_array(ly) for ly in self.unlabeled.checked_layers()],
+                                preview=self.preview.isChecked(), preview_every=self.preview_every, channel_axis=ca,
+                                **self.options.values(), **self.network.values())
+        tracker = PlaneTracker(current_plane(self.viewer, img, ca))
+        preview_on = threading.Event()
+        preview_on.set()
+        self._run = {"image": img, "labels": lab, "channel_axis": ca, "tracker": tracker,
+                     "preview_on": preview_on, "start_kind": entry.kind if entry else None, "warned": set()}
+        if params.preview:
+            self._preview_target()
+        self.viewer.dims.events.current_step.connect(self._on_dims)
+        self.viewer.layers.events.removed.connect(self._on_layer_removed)
+        return finetune_updates, (image, labels, params, stop, tracker, preview_on)
+
+    def _on_dims(self, *_: Any) -> None:
+        run = self._run
+        if run:
+            run["tracker"].set(current_plane(self.viewer, run["image"], run["channel_axis"]))
+
+    def _on_layer_removed(self, event: Any) -> None:
+        run, layer = self._run, unwrap(event.value)
+        if not run:
+            return
+        if layer is self.preview_layer:
+            run["preview_on"].clear()
+            self.preview_layer = None
+            show_info("The live preview layer was removed: no more previews during this run.")
+        elif (layer is run["image"] or layer is run["labels"]) and layer.name not in run["warned"]:
+            run["warned"].add(layer.name)
+            show_info(f"The layer '{layer.name}' was removed; training continues with the data it had at the start.")
+
+    def _end_run(self) -> None:
+        if not self._run:
+            return
+        self.viewer.dims.events.current_step.disconnect(self._on_dims)
+        self.viewer.layers.events.removed.disconnect(self._on_layer_removed)
+        self._run = {}
+
+    def _on_update(self, upd: Update) -> None:
+        if isinstance(upd, StepUpdate) and self.panel.plot is not None:
+            self.panel.plot.add_points(upd.points)
+        elif isinstance(upd, PreviewUpdate):
+            self._show_preview(upd)
+        elif isinstance(upd, Finished) and upd.result is not None:
+            bundle, run = upd.result, self._run
+            steps = bundle.get("training", {}).get("step", self.status.step)
+            if upd.cancelled and not steps:
+                self.status.message = "Stopped before the first step; no model was kept."
+                return
+            img_name = run["image"].name if run else "image"
+            verb = "retrained" if run and run["start_kind"] == "segmentation" else "fine-tuned"
+            name = f"{verb} on {img_name}, {steps} steps" + (" (stopped)" if upd.cancelled else "")
+            self.session.add(ModelEntry(name, bundle))
+            self.status.message = ("Stopped early; " if upd.cancelled else "Done; ") + \
+                "the model is ready in Predict (Save… there keeps it in a file)."
+            show_info(f"Fine-tuning {'stopped' if upd.cancelled else 'finished'}: {name}.")
+            self.done.emit()
+
+    def _preview_target(self) -> Any:
+        """The live preview layer of this run, made (or reused and cleared) when the run starts.
+
+        Adding a layer takes napari a noticeable moment, so it happens at the click, not mid-run.
+        """
+        run = self._run
+        img, ca = run["image"], run["channel_axis"]
+        shape = to_layer_data(np.zeros(spatial_shape(layer_array(img).shape, ca), np.uint8), img, ca).shape
+        layer = self.preview_layer
+        if in_viewer(self.viewer, layer) and tuple(layer.data.shape) == tuple(shape):
+            layer.data[...] = 0
+            layer.refresh()
+            return layer
+        active = self.viewer.layers.selection.active
+        names = class_names_of(run["labels"]) or parse_class_names(self.classes.text())
+        layer = unwrap(self.viewer.add_labels(np.zeros(shape, np.uint8), name=PREVIEW_NAME, opacity=0.5,
+                                              **labels_kwargs(names, img, ca)))
+        if in_viewer(self.viewer, active):
+            self.viewer.layers.selection.active = active  # keep painting where the user was
+        self.preview_layer = layer
+        return layer
+
+    def _show_preview(self, upd: PreviewUpdate) -> None:
+        run, layer = self._run, self.preview_layer
+        if not run or not run["preview_on"].is_set() or not in_viewer(self.viewer, layer):
+            return
+        spatial = spatial_labels(layer.data, run["image"], run["channel_axis"])
+        if upd.plane is None:
+            spatial[...] = upd.labels
+        else:
+            spatial[...] = 0  # only the plane in view is current; older planes would mislead
+            spatial[upd.plane] = upd.labels
+        layer.refresh()
+
+    def retrain(self, labels_layer: Any = None) -> None:
+        """Fine-tune again from the newest segmentation model (the Correct section's button)."""
+        latest = self.session.latest("segmentation")
+        if latest is not None:
+            self.init.select(latest)
+        if labels_layer is not None:
+            self.labels.set_layer(labels_layer)
+        if self.status.state == RunState.IDLE:
+            self.status.state = RunState.RUNNING

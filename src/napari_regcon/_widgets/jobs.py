@@ -1,0 +1,341 @@
+"""The generator functions the widgets run in napari thread workers.
+
+They take arrays and plain parameter dataclasses (never layers or widgets), drive the core
+generators (``pretrain_job(...).events``, ``finetune_job(...).events``, ``predict_arrays``),
+and yield typed updates (:mod:`.updates`). Errors never escape: they are turned into a
+one-sentence :class:`~.updates.Failed` update, so the viewer shows one clear notification.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_regcon.core.device import describe_device, get_device
+from napari_regcon.core.errors import RegconError
+from napari_regcon.core.volume import as_volume
+from napari_regcon.core.workflows import (
+    Job,
+    finetune_job,
+    predict_arrays,
+    pretrain_job,
+    run_predict,
+)
+
+from .postprocess import crf_planes, find_crf, remove_small_regions, uncertainty_map
+from .state import PlaneTracker
+from .updates import (
+    Failed,
+    Finished,
+    PredictProgress,
+    PredictResult,
+    PreviewUpdate,
+    Started,
+    StepUpdate,
+    Update,
+)
+
+log = logging.getLogger("napari_regcon")
+
+#: Minimum seconds between two progress updates sent to the GUI (each one costs a repaint).
+UPDATE_EVERY = 0.5
+#: Environment variable overriding the CPU threads a widget run uses (default: all cores but one).
+THREADS_ENV = "NAPARI_REGCON_THREADS"
+
+
+@dataclass
+class TrainParams:
+    """Settings shared by pretraining and fine-tuning (see ``core.workflows``)."""
+
+    ndim: int = 2
+    patch_size: str | int | None = None
+    steps: int = 400
+    batch_size: int = 8
+    lr: float = 1e-3
+    base: int = 16
+    depth: int = 3
+    channel_axis: int | None = None
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class PretrainParams(TrainParams):
+    """Self-supervised pretraining: the pretext ``method`` and its extra parameters."""
+
+    method: str = "mim"
+    method_params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FinetuneParams(TrainParams):
+    """Fine-tuning on sparse labels, optionally from a bundle and with a live preview."""
+
+    init: dict | None = None
+    class_names: dict[int, str] = field(default_factory=dict)
+    unlabeled: list[Any] = field(default_factory=list)
+    preview: bool = True
+    preview_every: float = 3.0
+
+
+@dataclass
+class PredictParams:
+    """Tiled prediction and the optional outputs / post-processing."""
+
+    channel_axis: int | None = None
+    probabilities: bool = False
+    uncertainty: str | None = None
+    min_size: int = 0
+    crf: bool = False
+    tile: Any = None
+    device: str = "auto"
+
+
+def user_message(exc: BaseException) -> str:
+    """One sentence for a notification; unexpected errors are also logged with their traceback."""
+    if isinstance(exc, RegconError):
+        return str(exc)
+    text = str(exc).strip()
+    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
+        return "Out of memory: lower the patch size, batch size or tile size, close other programs, and try again."
+    log.error("napari-regcon: unexpected error in a background run", exc_info=exc)
+    first = text.splitlines()[0] if text else ""
+    return f"Unexpected error ({type(exc).__name__}{': ' + first if first else ''}); details are in the terminal."
+
+
+def _device_name(device: str) -> str:
+    try:
+        dev = get_device(device)
+    except RegconError:
+        return device
+    if dev.type == "cpu":
+        n = torch.get_num_threads()
+        return f"CPU ({n} thread{'s' if n > 1 else ''})"
+    return describe_device(dev)
+
+
+def cpu_threads() -> int:
+    """Torch threads for a run started from the viewer: all cores but one, left to the GUI."""
+    env = os.environ.get(THREADS_ENV, "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+@contextlib.contextmanager
+def _threads_for(device: str) -> Iterator[None]:
+    """On CPU, train with :func:`cpu_threads` threads (restored afterwards) so the viewer keeps a core.
+
+    With every core busy in torch, the event loop and the canvas (software-rendered on many
+    machines) wait for CPU time; measured in benchmarks/gui_responsiveness.py.
+    """
+    try:
+        on_cpu = get_device(device).type == "cpu"
+    except RegconError:
+        on_cpu = False
+    old = torch.get_num_threads()
+    if on_cpu:
+        torch.set_num_threads(cpu_threads())
+    try:
+        yield
+    finally:
+        if on_cpu:
+            torch.set_num_threads(old)
+
+
+def _relay(job: Job, stop: threading.Event, extra: Callable[[], Update | None] | None = None
+           ) -> Iterator[Update]:
+    """Run ``job`` and relay its events, batching step events to at most one per UPDATE_EVERY."""
+    gen = job.events(should_stop=stop.is_set)
+    pending: list[tuple[int, float]] = []
+    last = 0.0
+    cancelled = False
+    ev = None
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as done:
+            bundle = done.value
+            break
+        if ev.event == "start":
+            yield Started(ev.total, _device_name(job.config.device), detail=str(ev.device))
+        elif ev.event == "step":
+            pending.append((ev.step, ev.loss))
+            now = time.monotonic()
+            if now - last >= UPDATE_EVERY or ev.step == ev.total:
+                yield StepUpdate(ev.step, ev.total, ev.loss, ev.eta, pending)
+                pending, last = [], now
+            if extra is not None:
+                upd = extra()
+                if upd is not None:
+                    yield upd
+        elif ev.event == "cancelled":
+            cancelled = True
+    if pending and ev is not None:
+        step, loss = pending[-1]
+        yield StepUpdate(step, job.config.steps, loss, 0.0, pending)
+    yield Finished(bundle, cancelled=cancelled)
+
+
+def _guarded(body: Iterator[Update], device: str) -> Iterator[Update]:
+    """Run a worker body with the CPU thread policy; any exception becomes one Failed update."""
+    try:
+        with _threads_for(device):
+            yield from body
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one notification
+        yield Failed(user_message(exc))
+
+
+def pretrain_updates(images: Sequence[Any], params: PretrainParams, stop: threading.Event
+                     ) -> Iterator[Update]:
+    """Worker body of the Pretrain widget."""
+    yield from _guarded(_pretrain(images, params, stop), params.device)
+
+
+def _pretrain(images: Sequence[Any], params: PretrainParams, stop: threading.Event) -> Iterator[Update]:
+    job = pretrain_job(list(images), params.method, ndim=params.ndim, channel_axis=params.channel_axis,
+                       patch_size=params.patch_size, steps=params.steps, batch_size=params.batch_size,
+                       lr=params.lr, base=params.base, depth=params.depth, seed=params.seed,
+                       device=params.device, method_params=params.method_params, checkpoint_every=0)
+    yield from _relay(job, stop)
+
+
+def _z_axis(image: Any, channel_axis: int | None) -> int | None:
+    vol = as_volume(image, channel_axis)
+    return vol.spatial_axes[0] if vol.is_3d else None
+
+
+def predict_plane(bundle: dict, image: Any, channel_axis: int | None, z: int | None, depth: int = 1,
+                  device: str = "auto") -> tuple[int | None, np.ndarray]:
+    """Predict the plane ``z`` of ``image`` (or the whole 2D image); returns (plane, labels).
+
+    Only a slab of ``depth`` planes around ``z`` is read (``depth`` > 1 for 3D models), so the
+    cost does not grow with the stack.
+    """
+    axis = _z_axis(image, channel_axis)
+    if axis is None:
+        labels, _ = run_predict(bundle, image, channel_axis=channel_axis, device=device)
+        return None, labels
+    nz = int(image.shape[axis])
+    z = min(max(int(z or 0), 0), nz - 1)
+    depth = min(max(1, depth), nz)
+    z0 = min(max(0, z - depth // 2), nz - depth)
+    index = [slice(None)] * len(image.shape)
+    index[axis] = slice(z0, z0 + depth)
+    slab = image[tuple(index)]
+    labels, _ = run_predict(bundle, slab, channel_axis=channel_axis, device=device)
+    return z, np.asarray(labels[z - z0])
+
+
+class _Previewer:
+    """Between training steps, every few seconds, predict the plane in view with the current weights."""
+
+    def __init__(self, job: Job, image: Any, params: FinetuneParams, plane: PlaneTracker,
+                 enabled: threading.Event) -> None:
+        self.job, self.image, self.params = job, image, params
+        self.plane, self.enabled = plane, enabled
+        patch = job.info.get("patch", (1,))
+        self.depth = int(patch[0]) if job.model.config.ndim == 3 else 1
+        self.next_at = time.monotonic() + min(1.0, params.preview_every)
+
+    def __call__(self) -> PreviewUpdate | None:
+        now = time.monotonic()
+        if not self.enabled.is_set() or now < self.next_at:
+            return None
+        bundle = self.job.bundle_fn(self.job.model, {"step": [], "loss": []}, {})
+        z, labels = predict_plane(bundle, self.image, self.params.channel_axis, self.plane.get(),
+                                  self.depth, self.params.device)
+        cost = time.monotonic() - now
+        # never spend more than ~10% of the run on previews, however large the plane
+        self.next_at = time.monotonic() + max(self.params.preview_every, 9 * cost)
+        return PreviewUpdate(z, labels)
+
+
+def finetune_updates(image: Any, labels: Any, params: FinetuneParams, stop: threading.Event,
+                     plane: PlaneTracker | None = None, preview_on: threading.Event | None = None
+                     ) -> Iterator[Update]:
+    """Worker body of the Fine-tune widget: snapshot the labels, train, preview now and then."""
+    yield from _guarded(_finetune(image, labels, params, stop, plane, preview_on), params.device)
+
+
+def _finetune(image: Any, labels: Any, params: FinetuneParams, stop: threading.Event,
+              plane: PlaneTracker | None, preview_on: threading.Event | None) -> Iterator[Update]:
+    labels = np.array(labels, copy=True)  # painting during the run does not change its targets
+    values = [int(v) for v in np.unique(labels) if v > 0]
+    names = [params.class_names.get(v, f"class {v}") for v in values] if len(values) >= 2 else None
+    job = finetune_job(image, labels, init=params.init, ndim=params.ndim, channel_axis=params.channel_axis,
+                       patch_size=params.patch_size, steps=params.steps, batch_size=params.batch_size,
+                       lr=params.lr, base=params.base, depth=params.depth, seed=params.seed,
+                       device=params.device, class_names=names, unlabeled=params.unlabeled or None,
+                       checkpoint_every=0)
+    previewer = None
+    if params.preview and plane is not None:
+        if preview_on is None:
+            preview_on = threading.Event()
+            preview_on.set()
+        previewer = _Previewer(job, image, params, plane, preview_on)
+    yield from _relay(job, stop, previewer)
+
+
+def predict_updates(bundle: dict, image: Any, params: PredictParams, stop: threading.Event
+                    ) -> Iterator[Update]:
+    """Worker body of the Predict widget: tiled prediction, then optional CRF / cleanup / uncertainty."""
+    yield from _guarded(_predict(bundle, image, params, stop), params.device)
+
+
+def _predict(bundle: dict, image: Any, params: PredictParams, stop: threading.Event) -> Iterator[Update]:
+    values = [int(v) for v in bundle.get("classes", {}).get("values", [])]
+    names = list(bundle.get("classes", {}).get("names", []))
+    crf = find_crf() if params.crf else None
+    if params.crf and crf is None:
+        raise RegconError("CRF refinement is not available in this installation.")
+    need_probs = params.probabilities or params.uncertainty is not None or crf is not None
+    gen = predict_arrays(bundle, image, channel_axis=params.channel_axis, probabilities=need_probs,
+                         tile=params.tile, device=params.device, should_stop=stop.is_set)
+    last = 0.0
+    started = False
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as done:
+            labels, probs = done.value
+            break
+        if not started:
+            yield Started(ev.total, _device_name(params.device))
+            started = True
+        now = time.monotonic()
+        if now - last >= UPDATE_EVERY or ev.done == ev.total:
+            yield PredictProgress(ev.done, ev.total, ev.eta)
+            last = now
+    if stop.is_set():
+        yield Finished(None, cancelled=True, message="Prediction stopped; no layer was added.")
+        return
+    notes = []
+    if crf is not None:
+        n = labels.shape[0] if labels.ndim == 3 else 1
+        last = 0.0
+        for z in crf_planes(crf, probs, image, params.channel_axis, bundle["normalization"], labels, values):
+            now = time.monotonic()
+            if stop.is_set():
+                yield Finished(None, cancelled=True, message="Prediction stopped; no layer was added.")
+                return
+            if now - last >= UPDATE_EVERY or z + 1 == n:
+                yield PredictProgress(z + 1, n, float("nan"))
+                last = now
+        notes.append("CRF-refined")
+    if params.min_size > 1:
+        per_plane = int(bundle["model"].get("ndim", 2)) == 2
+        labels = remove_small_regions(labels, values, params.min_size, per_plane=per_plane)
+        notes.append(f"regions < {params.min_size} px removed")
+    unc = uncertainty_map(probs, params.uncertainty) if params.uncertainty else None
+    result = PredictResult(labels, probs if params.probabilities else None, unc, values, names, notes)
+    yield Finished(result)

@@ -1,0 +1,183 @@
+"""Layers <-> arrays: what the widgets read from napari layers and how results become layers.
+
+Main-thread helpers (no Qt). Output layers take the image layer's scale and translate; when an
+image keeps its channels in one layer with the channel axis between spatial axes (e.g. ZCYX),
+outputs keep a size-1 channel axis so that napari lines them up with the image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+#: Colours of class values 1..8 (0 = not annotated is transparent); the same in every layer.
+CLASS_COLORS = {
+    1: (0.25, 0.55, 1.0, 1.0),   # blue: usually "background"
+    2: (1.0, 0.2, 0.8, 1.0),     # magenta: usually the structure of interest
+    3: (1.0, 0.85, 0.1, 1.0),
+    4: (0.2, 0.9, 0.35, 1.0),
+    5: (1.0, 0.5, 0.1, 1.0),
+    6: (0.6, 0.3, 1.0, 1.0),
+    7: (0.1, 0.9, 0.9, 1.0),
+    8: (0.9, 0.1, 0.1, 1.0),
+}
+
+
+def unwrap(obj: Any) -> Any:
+    """The object itself, not napari's PublicOnlyProxy around it (plugin widgets get proxies).
+
+    Each attribute access through the proxy makes a new proxy, so identity checks (``is``)
+    between layers only work on the unwrapped objects.
+    """
+    return getattr(obj, "__wrapped__", obj)
+
+
+def in_viewer(viewer: Any, layer: Any) -> bool:
+    """True while ``layer`` is in the viewer's layer list."""
+    return layer is not None and any(unwrap(ly) is unwrap(layer) for ly in viewer.layers)
+
+
+def layer_array(layer: Any) -> Any:
+    """The full-resolution data of a layer (level 0 of a multiscale layer), never copied."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
+def guess_channel_axis(layer: Any) -> int | None:
+    """A channel axis for an image layer: the colour axis of RGB, the smallest leading axis of 4D."""
+    shape = tuple(layer_array(layer).shape)
+    if getattr(layer, "rgb", False):
+        return len(shape) - 1
+    if len(shape) == 4:
+        axis = int(np.argmin(shape[:2]))
+        return axis if shape[axis] <= 16 else None
+    return None
+
+
+def spatial_shape(shape: Sequence[int], channel_axis: int | None) -> tuple[int, ...]:
+    """``shape`` without its channel axis."""
+    if channel_axis is None:
+        return tuple(int(s) for s in shape)
+    ax = channel_axis % len(shape)
+    return tuple(int(s) for i, s in enumerate(shape) if i != ax)
+
+
+def keeps_channel_dim(layer: Any, channel_axis: int | None) -> bool:
+    """True when outputs need a size-1 channel axis to line up with the image in the viewer."""
+    if channel_axis is None or getattr(layer, "rgb", False):
+        return False
+    return channel_axis % len(layer_array(layer).shape) != 0
+
+
+def output_geometry(layer: Any, channel_axis: int | None) -> dict[str, Any]:
+    """``scale`` and ``translate`` of an output layer for the image ``layer`` (voxel size kept)."""
+    scale, translate = list(layer.scale), list(layer.translate)
+    if channel_axis is not None and not getattr(layer, "rgb", False) and not keeps_channel_dim(layer, channel_axis):
+        ax = channel_axis % len(scale)
+        del scale[ax], translate[ax]
+    return {"scale": tuple(scale), "translate": tuple(translate)}
+
+
+def to_layer_data(arr: np.ndarray, layer: Any, channel_axis: int | None, leading: int = 0) -> np.ndarray:
+    """Insert the size-1 channel axis when needed (``leading`` extra axes before the spatial ones)."""
+    if keeps_channel_dim(layer, channel_axis):
+        return np.expand_dims(arr, leading + channel_axis % len(layer_array(layer).shape))
+    return arr
+
+
+def spatial_labels(labels: Any, image_layer: Any, channel_axis: int | None) -> Any:
+    """A labels array seen with the image's spatial shape (drops a size-1 channel axis)."""
+    shape = tuple(labels.shape)
+    if keeps_channel_dim(image_layer, channel_axis) and len(shape) == len(layer_array(image_layer).shape):
+        ax = channel_axis % len(shape)
+        if shape[ax] == 1:
+            return labels[tuple(0 if i == ax else slice(None) for i in range(len(shape)))]
+    return labels
+
+
+def z_axis(layer: Any, channel_axis: int | None) -> int | None:
+    """The data axis of Z in an image layer (None for 2D images)."""
+    ndim = len(layer_array(layer).shape) - (1 if getattr(layer, "rgb", False) else 0)
+    axes = [a for a in range(ndim) if channel_axis is None or getattr(layer, "rgb", False)
+            or a != channel_axis % len(layer_array(layer).shape)]
+    return axes[0] if len(axes) == 3 else None
+
+
+def current_plane(viewer: Any, layer: Any, channel_axis: int | None) -> int | None:
+    """Index of the Z plane of ``layer`` that the viewer shows (None for a 2D image)."""
+    axis = z_axis(layer, channel_axis)
+    if axis is None:
+        return None
+    pos = layer.world_to_data(viewer.dims.point)
+    n = int(layer_array(layer).shape[axis])
+    return int(min(max(round(float(pos[axis])), 0), n - 1))
+
+
+def class_colormap(values: Sequence[int] = ()) -> dict[Any, Any]:
+    """A direct label colormap: 0 transparent, known classes in fixed colours."""
+    cmap: dict[Any, Any] = {0: (0.0, 0.0, 0.0, 0.0), None: (0.8, 0.8, 0.8, 1.0)}
+    cmap.update(CLASS_COLORS)
+    for v in values:
+        cmap.setdefault(int(v), (0.8, 0.8, 0.8, 1.0))
+    return cmap
+
+
+def class_features(names: Mapping[int, str]) -> dict[str, list]:
+    """Labels-layer features so the status bar names the class under the cursor."""
+    values = sorted(int(v) for v in names)
+    return {"index": [0, *values], "class": ["not annotated", *[names[v] for v in values]]}
+
+
+def class_names_of(layer: Any) -> dict[int, str]:
+    """Class names stored in a labels layer's features (``class`` column), else {}."""
+    feats = getattr(layer, "features", None)
+    if feats is None or "class" not in feats or "index" not in feats:
+        return {}
+    return {int(i): str(n) for i, n in zip(feats["index"], feats["class"]) if int(i) > 0}
+
+
+def parse_class_names(text: str) -> dict[int, str]:
+    """``"background, membrane"`` -> {1: "background", 2: "membrane"}."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    return {i + 1: n for i, n in enumerate(names)}
+
+
+def labels_kwargs(names: Mapping[int, str], layer: Any, channel_axis: int | None, **extra: Any) -> dict:
+    """Keyword arguments of ``viewer.add_labels`` for an output aligned with ``layer``."""
+    kw: dict[str, Any] = {"colormap": class_colormap(list(names)), **output_geometry(layer, channel_axis)}
+    if names:
+        kw["features"] = class_features(names)
+    kw.update(extra)
+    return kw
+
+
+def plane_index(layer: Any, viewer: Any) -> tuple[int, ...]:
+    """Indices of the non-displayed (leading) axes of ``layer`` at the viewer's position."""
+    lead = layer.ndim - 2
+    if lead <= 0:
+        return ()
+    pos = layer.world_to_data(viewer.dims.point)
+    return tuple(int(min(max(round(float(pos[a])), 0), layer.data.shape[a] - 1)) for a in range(lead))
+
+
+def fill_labels(labels_layer: Any, source: np.ndarray, where: np.ndarray, overwrite: bool = False,
+                index: tuple[int, ...] = ()) -> int:
+    """Copy ``source`` into the labels layer where ``where`` is set (undo-able with Ctrl-Z).
+
+    Without ``overwrite`` only pixels that are 0 (not annotated) in the user's labels change,
+    and pixels where ``source`` is 0 never do. ``index`` selects a plane (leading axes) of the
+    layer that ``source``/``where`` cover. Returns how many pixels changed.
+    """
+    current = np.asarray(labels_layer.data[index] if index else labels_layer.data)
+    mask = np.asarray(where, bool) & (np.asarray(source) > 0)
+    if not overwrite:
+        mask &= current == 0
+    mask &= current != source
+    coords = np.nonzero(mask)
+    n = int(coords[0].size) if coords else 0
+    if n == 0:
+        return 0
+    full = tuple(np.full(n, i, dtype=np.intp) for i in index) + tuple(coords)
+    labels_layer.data_setitem(full, np.asarray(source)[mask].astype(labels_layer.data.dtype))
+    return n

@@ -1,0 +1,147 @@
+"""Section 3: tiled prediction of a whole image into new layers, with optional extras."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+from napari.utils.notifications import show_info
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QLineEdit,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QCollapsible
+
+from napari_regcon.core.errors import RegconError
+
+from .common import LayerCombo, ModelPicker, hint, row
+from .jobs import PredictParams, predict_updates
+from .layers import labels_kwargs, layer_array, output_geometry, to_layer_data, unwrap
+from .options import ChannelAxisCombo
+from .postprocess import find_crf
+from .progress import RunPanel
+from .runner import Runner
+from .state import RunState, RunStatus, Session
+from .updates import Finished, PredictResult, Update
+
+UNCERTAINTY = {"entropy": "entropy", "margin": "1 − max probability"}
+
+
+class PredictWidget(QWidget):
+    """Predict an image layer with a segmentation model into a new Labels layer (and extras)."""
+
+    done = Signal()
+
+    def __init__(self, viewer: Any, session: Session | None = None, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.session = session or Session()
+        self.status = RunStatus()
+        self.last_prediction: Any = None
+        self._run: dict[str, Any] = {}
+
+        self.inputs = QWidget()
+        self.model = ModelPicker(self.session, ("segmentation",))
+        self.image = LayerCombo(viewer, ("image",))
+        self.probabilities = QCheckBox("Probability layer")
+        self.uncertainty = QCheckBox("Uncertainty layer")
+        self.uncertainty.setToolTip("Shows where the model is least sure: correct those places first")
+        self.uncertainty_kind = QComboBox()
+        for key, text in UNCERTAINTY.items():
+            self.uncertainty_kind.addItem(text, key)
+        self.min_size = QSpinBox()
+        self.min_size.setRange(0, 1_000_000)
+        self.min_size.setSuffix(" px")
+        self.min_size.setSpecialValueText("off")
+        self.min_size.setToolTip("Regions smaller than this are given the class around them (0 = off)")
+        self.crf = QCheckBox("CRF refinement (sharpens edges; slower)")
+        self._crf_available = find_crf() is not None
+        self.crf.setEnabled(self._crf_available)
+        if not self._crf_available:
+            self.crf.setToolTip("Not available: core.postprocess.crf_refine (and pydensecrf2) is not installed")
+        self.tile = QLineEdit()
+        self.tile.setPlaceholderText("auto (256 in 2D, 16,128,128 in 3D)")
+        self.channel_axis = ChannelAxisCombo()
+        adv = QWidget()
+        adv_form = QFormLayout(adv)
+        adv_form.setContentsMargins(0, 0, 0, 0)
+        adv_form.addRow("Tile size", self.tile)
+        adv_form.addRow("Channel axis", self.channel_axis)
+        advanced = QCollapsible("Advanced")
+        advanced.addWidget(adv)
+
+        form = QFormLayout()
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("Model", self.model)
+        form.addRow("Image", self.image)
+        form.addRow("Outputs", self.probabilities)
+        form.addRow("", row(self.uncertainty, self.uncertainty_kind))
+        form.addRow("Clean up", self.min_size)
+        form.addRow("", self.crf)
+        inner = QVBoxLayout(self.inputs)
+        inner.setContentsMargins(0, 0, 0, 0)
+        inner.addLayout(form)
+        inner.addWidget(advanced)
+
+        self.panel = RunPanel(self.status, "Predict", with_plot=False)
+        lay = QVBoxLayout(self)
+        lay.addWidget(hint("Segments the whole image tile by tile in the background into a new labels layer "
+                           "with the same class values as your training labels."))
+        lay.addWidget(self.inputs)
+        lay.addWidget(self.panel)
+        self.status.events.state.connect(lambda s: self.inputs.setEnabled(s == RunState.IDLE))
+        self.runner = Runner(self.status, self.session, self._prepare, self._on_update, "prediction")
+
+    def _prepare(self, stop: threading.Event) -> tuple:
+        entry, img = self.model.current(), self.image.layer()
+        if entry is None:
+            raise RegconError("Choose a segmentation model: fine-tune one in step 2, or Load… a saved one.")
+        if img is None:
+            raise RegconError("Choose the image layer to predict.")
+        ca = self.channel_axis.resolve(img)
+        if ca is None and int(entry.bundle["model"].get("in_channels", 1)) > 1:
+            ca = entry.bundle.get("data", {}).get("channel_axis")
+        params = PredictParams(channel_axis=ca, probabilities=self.probabilities.isChecked(),
+                               uncertainty=self.uncertainty_kind.currentData() if self.uncertainty.isChecked() else None,
+                               min_size=self.min_size.value(), crf=self.crf.isChecked() and self._crf_available,
+                               tile=self.tile.text().strip() or None)
+        self._run = {"image": img, "channel_axis": ca, "model": entry.name}
+        return predict_updates, (entry.bundle, layer_array(img), params, stop)
+
+    def _on_update(self, upd: Update) -> None:
+        if isinstance(upd, Finished) and isinstance(upd.result, PredictResult):
+            self._add_layers(upd.result)
+            self.status.message = "Done: " + ", ".join(["prediction layer added", *upd.result.notes]) + "."
+            self.done.emit()
+
+    def _add_layers(self, res: PredictResult) -> None:
+        run = self._run
+        img, ca = run["image"], run["channel_axis"]
+        names = {v: n for v, n in zip(res.class_values, res.class_names)}
+        names.update({v: f"class {v}" for v in res.class_values if v not in names})
+        geom = output_geometry(img, ca)
+        if res.probabilities is not None:
+            shown = range(1, len(res.class_values)) if len(res.class_values) == 2 else range(len(res.class_values))
+            for k in shown:
+                self.viewer.add_image(to_layer_data(res.probabilities[k], img, ca), name=f"P({names[res.class_values[k]]})",
+                                      colormap="magma", contrast_limits=(0.0, 1.0), visible=False, **geom)
+        if res.uncertainty is not None:
+            self.viewer.add_image(to_layer_data(res.uncertainty, img, ca), name=f"{img.name} uncertainty",
+                                  colormap="inferno", contrast_limits=(0.0, 1.0), opacity=0.8, visible=False, **geom)
+        labels = to_layer_data(res.labels, img, ca)
+        layer = unwrap(self.viewer.add_labels(labels, name=f"{img.name} prediction", opacity=0.6,
+                                              **labels_kwargs(names, img, ca)))
+        # the untouched prediction, so the Correct section can tell what the user changed
+        layer.metadata["regcon_original"] = np.array(labels, copy=True)
+        layer.metadata["regcon_model"] = run["model"]
+        self.last_prediction = layer
+        extra = " Probability and uncertainty layers are hidden: tick their eye to show them." \
+            if res.probabilities is not None or res.uncertainty is not None else ""
+        show_info(f"Prediction of '{img.name}' added as '{layer.name}'.{extra}")

@@ -1,0 +1,190 @@
+"""Section 1: self-supervised pretraining on unlabeled image layers."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import threading
+from typing import Any
+
+from napari.utils.notifications import show_info
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QLineEdit, QVBoxLayout, QWidget
+from superqt import QCollapsible
+
+from napari_regcon.core.device import describe_device, get_device
+from napari_regcon.core.errors import RegconError
+from napari_regcon.core.pretext import PRETEXTS
+
+from .common import LayerChecklist, ModelPicker, hint
+from .jobs import PretrainParams, cpu_threads, pretrain_updates
+from .layers import layer_array, output_geometry
+from .options import PRESETS, NetworkOptions, TrainOptions, parse_params
+from .progress import RunPanel
+from .runner import Runner
+from .state import ModelEntry, RunState, RunStatus, Session
+from .updates import Finished, StepUpdate, Update
+
+
+def device_text() -> str:
+    """``Device: GPU: <name>``, or the CPU threads a run uses (one core is left to the viewer)."""
+    try:
+        device = get_device("auto")
+    except Exception:  # noqa: BLE001 - informative only
+        return "Device: CPU"
+    if device.type == "cpu":
+        cores = os.cpu_count() or 1
+        return f"Device: CPU (training uses {cpu_threads()} of {cores} cores; the rest keeps the viewer smooth)"
+    return f"Device: {describe_device(device)}"
+
+
+def method_text(description: str) -> str:
+    """A pretext's description for the GUI: ``--mask intensity`` becomes ``mask=intensity``."""
+    return re.sub(r"--([A-Za-z_]+) ", r"\1=", description)
+
+
+class PretrainWidget(QWidget):
+    """Pretrain a U-Net with a self-supervised method on one or more unlabeled images."""
+
+    done = Signal()
+
+    def __init__(self, viewer: Any, session: Session | None = None, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.session = session or Session()
+        self.status = RunStatus()
+
+        self.inputs = QWidget()
+        self.images = LayerChecklist(viewer, ("image",), check_new=True)
+        self.images.setToolTip("Unlabeled images to learn from (no labels needed); tick one or more")
+        self.preset = QComboBox()
+        self.preset.addItems([p.label for p in PRESETS])
+        self.preset_hint = hint("")
+        self.method = QComboBox()
+        self.method_hint = hint("")
+        self.options = TrainOptions()
+        self.network = NetworkOptions()
+        self.method_params = QLineEdit()
+        self.method_params.setPlaceholderText("e.g. ratio=0.6, patch=16")
+        self._suggested = ""
+        self.network.form.addRow("Method parameters", self.method_params)
+        advanced = QCollapsible("Advanced")
+        advanced.addWidget(self.network)
+
+        form = QFormLayout()
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("Unlabeled images", self.images)
+        form.addRow("Data type", self.preset)
+        form.addRow("", self.preset_hint)
+        form.addRow("Method", self.method)
+        form.addRow("", self.method_hint)
+        inner = QVBoxLayout(self.inputs)
+        inner.setContentsMargins(0, 0, 0, 0)
+        inner.addLayout(form)
+        inner.addWidget(self.options)
+        inner.addWidget(advanced)
+
+        self.panel = RunPanel(self.status, "Start pretraining")
+        self.device = QLabel(device_text())
+        self.device.setWordWrap(True)
+        self.saver = ModelPicker(self.session, ("pretrained",))
+        self.saver.setToolTip("The pretrained model: it appears in Fine-tune under 'Start from'")
+        lay = QVBoxLayout(self)
+        lay.addWidget(hint("Optional. Learns what your images look like without any labels, so that "
+                           "fine-tuning needs fewer painted pixels. Pick the images, the method, and Start."))
+        lay.addWidget(self.inputs)
+        lay.addWidget(self.device)
+        lay.addWidget(self.panel)
+        lay.addWidget(QLabel("Pretrained model"))
+        lay.addWidget(self.saver)
+
+        self.preset.currentIndexChanged.connect(self._on_preset)
+        self.method.currentIndexChanged.connect(self._on_method)
+        self.status.events.state.connect(lambda s: self.inputs.setEnabled(s == RunState.IDLE))
+        self.runner = Runner(self.status, self.session, self._prepare, self._on_update, "pretraining")
+        self.refresh_methods()
+        self._on_preset(0)
+
+    def refresh_methods(self) -> None:
+        """List the pretext methods registered now (other methods may have been added)."""
+        current = self.method.currentData()
+        self.method.blockSignals(True)
+        self.method.clear()
+        for name, cls in sorted(PRETEXTS.items(), key=lambda kv: (kv[0] != "mim", kv[0])):
+            self.method.addItem(name, name)
+            self.method.setItemData(self.method.count() - 1, method_text(cls.description or name),
+                                 Qt.ItemDataRole.ToolTipRole)
+        idx = self.method.findData(current) if current is not None else -1
+        self.method.setCurrentIndex(max(idx, 0))
+        self.method.blockSignals(False)
+        self._on_method()
+
+    def showEvent(self, event: Any) -> None:
+        if self.status.state == RunState.IDLE and self.method.count() != len(PRETEXTS):
+            self.refresh_methods()
+        super().showEvent(event)
+
+    def _on_preset(self, index: int) -> None:
+        preset = PRESETS[index]
+        self.options.apply_preset(preset, pretrain=True)
+        self.preset_hint.setText(preset.hint)
+        self._suggest_params()
+
+    def _on_method(self, *_: Any) -> None:
+        name = self.method.currentData()
+        cls = PRETEXTS.get(name) if name else None
+        self.method_hint.setText(method_text(cls.description) if cls is not None and cls.description else "")
+        self._suggest_params()
+
+    def _suggest_params(self) -> None:
+        """Fill the method parameters with the preset's suggestion unless the user typed their own."""
+        if self.method_params.text().strip() not in ("", self._suggested):
+            return
+        self._suggested = PRESETS[self.preset.currentIndex()].params_for(self.method.currentData() or "")
+        self.method_params.setText(self._suggested)
+
+    def _voxel_size(self, params: dict[str, Any], method: str, layer: Any, channel_axis: int | None,
+                    ndim: int) -> None:
+        """Give methods that take ``voxel_size`` the layer's scale (3D, anisotropic) unless set."""
+        try:
+            accepts = "voxel_size" in inspect.signature(PRETEXTS[method].__init__).parameters
+        except (TypeError, ValueError):
+            accepts = False
+        scale = output_geometry(layer, channel_axis)["scale"]
+        if accepts and ndim == 3 and "voxel_size" not in params and len(scale) == 3 and len(set(scale)) > 1:
+            params["voxel_size"] = [float(v) for v in scale]
+
+    def _prepare(self, stop: threading.Event) -> tuple:
+        layers = self.images.checked_layers()
+        if not layers:
+            raise RegconError("Tick at least one image layer to pretrain on.")
+        method = self.method.currentData()
+        if method not in PRETEXTS:
+            raise RegconError(f"The method {method!r} is no longer available; choose another one.")
+        channel_axis = self.network.channel_axis.resolve(layers[0])
+        extra = parse_params(self.method_params.text())
+        options = self.options.values()
+        self._voxel_size(extra, method, layers[0], channel_axis, options["ndim"])
+        params = PretrainParams(method=method, channel_axis=channel_axis, method_params=extra,
+                                **options, **self.network.values())
+        images = [layer_array(ly) for ly in layers]
+        self._names = [ly.name for ly in layers]
+        return pretrain_updates, (images, params, stop)
+
+    def _on_update(self, upd: Update) -> None:
+        if isinstance(upd, StepUpdate) and self.panel.plot is not None:
+            self.panel.plot.add_points(upd.points)
+        elif isinstance(upd, Finished) and upd.result is not None:
+            bundle = upd.result
+            method = bundle.get("pretext", {}).get("method", "?")
+            steps = bundle.get("pretext", {}).get("steps", self.status.step)
+            if upd.cancelled and not steps:
+                self.status.message = "Stopped before the first step; no model was kept."
+                return
+            name = f"pretrained {method}, {steps} steps" + (" (stopped)" if upd.cancelled else "")
+            self.session.add(ModelEntry(name, bundle))
+            self.status.message = (("Stopped early; " if upd.cancelled else "Done; ")
+                                   + "the model is ready under Fine-tune > Start from (Save… keeps it in a file).")
+            show_info(f"Pretraining {'stopped' if upd.cancelled else 'finished'}: {name}.")
+            self.done.emit()

@@ -1,0 +1,117 @@
+"""Starts and stops one section's background run when its RunStatus changes state.
+
+The section supplies ``prepare(stop_event)``, which reads the widgets on the main thread and
+returns the generator function and its arguments (arrays and parameter dataclasses only), and
+``handle(update)`` for the updates it cares about. The runner keeps the status fields current,
+turns :class:`~.updates.Failed` into one notification, and holds the session's busy flag so
+that only one run uses the CPU/GPU at a time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info
+
+from napari_regcon.core.errors import RegconError
+
+from .state import RunState, RunStatus, Session
+from .updates import Failed, Finished, PredictProgress, Started, StepUpdate, Update
+
+Prepare = Callable[[threading.Event], tuple[Callable[..., Any], tuple]]
+
+
+class Runner:
+    """Owns the worker of one section."""
+
+    def __init__(self, status: RunStatus, session: Session, prepare: Prepare,
+                 handle: Callable[[Update], None], what: str = "run") -> None:
+        self.status, self.session = status, session
+        self._prepare, self._handle, self._what = prepare, handle, what
+        self.worker: Any = None
+        self.stop_event: threading.Event | None = None
+        self.failed = False
+        status.events.state.connect(self._on_state)
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def _on_state(self, state: RunState) -> None:
+        if state == RunState.RUNNING and self.worker is None:
+            self._start()
+        elif state == RunState.STOPPING and self.stop_event is not None:
+            self.stop_event.set()
+
+    def _start(self) -> None:
+        if self.session.busy:
+            show_info(f"Another run is active; wait for it to finish or stop it before starting this {self._what}.")
+            self.status.state = RunState.IDLE
+            return
+        stop = threading.Event()
+        try:
+            func, args = self._prepare(stop)
+        except RegconError as err:
+            show_error(str(err))
+            self.status.state = RunState.IDLE
+            return
+        self.stop_event, self.failed = stop, False
+        self.status.step, self.status.total = 0, 0
+        self.status.loss, self.status.eta = float("nan"), float("nan")
+        self.status.message = f"Preparing the {self._what}…"
+        worker = create_worker(func, *args, _start_thread=False)
+        worker.yielded.connect(self._on_update)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self.session.busy = True
+        worker.start()
+
+    def stop(self) -> None:
+        """Ask the run to end at the next step (same as pressing Stop)."""
+        if self.status.state == RunState.RUNNING:
+            self.status.state = RunState.STOPPING
+
+    def detach(self) -> None:
+        """The widget is going away: stop the run and stop relaying to its (deleted) views."""
+        worker, session = self.worker, self.session
+        if worker is None:
+            return
+        if self.stop_event is not None:
+            self.stop_event.set()
+        worker.yielded.disconnect(self._on_update)
+        worker.finished.disconnect(self._on_finished)
+        worker.finished.connect(lambda: setattr(session, "busy", False))
+        self.status.events.disconnect()
+
+    def _on_update(self, upd: Update) -> None:
+        st = self.status
+        if isinstance(upd, Started):
+            st.total = upd.total
+            st.message = f"Running on {upd.device}…"
+        elif isinstance(upd, StepUpdate):
+            st.total, st.loss, st.eta = upd.total, upd.loss, upd.eta
+            st.step = upd.step
+        elif isinstance(upd, PredictProgress):
+            st.total, st.eta = upd.total, upd.eta
+            st.step = upd.done
+        elif isinstance(upd, Failed):
+            self.failed = True
+            st.message = f"Failed: {upd.message}"
+            show_error(upd.message)
+        elif isinstance(upd, Finished) and upd.message:
+            st.message = upd.message
+        try:
+            self._handle(upd)
+        except Exception as err:  # noqa: BLE001 - a broken result must not break the viewer
+            self.failed = True
+            msg = str(err) if isinstance(err, RegconError) else f"Could not show the result ({type(err).__name__}: {err})."
+            st.message = msg
+            show_error(msg)
+
+    def _on_finished(self) -> None:
+        self.worker, self.stop_event = None, None
+        self.session.busy = False
+        self.status.state = RunState.IDLE

@@ -1,0 +1,144 @@
+"""The dock widget drives real short runs through its buttons: pretrain, stop, fine-tune, predict.
+
+Each run is a real (tiny) training in a napari thread worker on a 4x128x128 ISBI crop; the tests
+wait for the worker and check the layers and bundles it produced. Run under ``xvfb-run -a``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from qtpy.QtWidgets import QFileDialog
+from widget_utils import EM_SCALE, Notes, make_widget, run, tiny, wait_idle
+
+from napari_regcon._widgets.pretrain import method_text
+from napari_regcon.core.checkpoint import load_bundle
+from napari_regcon.core.metrics import scores
+from napari_regcon.core.models import UNetConfig, build_model
+from napari_regcon.core.pretext import PRETEXTS
+
+pytestmark = pytest.mark.gui
+
+
+def test_pretrain_lists_methods_and_trains(make_napari_viewer, qtbot, em_small):
+    raw, _ = em_small
+    viewer, w = make_widget(make_napari_viewer, raw, scale=EM_SCALE)
+    sec = w.pretrain
+    methods = [sec.method.itemData(i) for i in range(sec.method.count())]
+    assert sorted(methods) == sorted(PRETEXTS)  # built from the registry at runtime
+    assert sec.method_hint.text() == method_text(PRETEXTS[sec.method.currentData()].description)
+    assert sec.device.text().startswith("Device: ")
+    assert [ly.name for ly in sec.images.checked_layers()] == ["em"]
+    tiny(sec, steps=6)
+    sec.panel.start_button.click()
+    qtbot.waitUntil(lambda: not sec.inputs.isEnabled(), timeout=5000)  # inputs locked while running
+    assert not w.finetune.panel.start_button.isEnabled()  # one run at a time
+    wait_idle(qtbot, sec)
+    entry = w.session.latest("pretrained")
+    assert entry is not None and entry.bundle["pretext"]["method"] == "mim"
+    assert entry.bundle["training"]["step"] == 6
+    assert len(sec.panel.plot.steps) == 6 and np.isfinite(sec.panel.plot.losses).all()
+    assert sec.inputs.isEnabled() and w.finetune.panel.start_button.isEnabled()
+    assert w.finetune.init.current() is entry  # offered as the start of fine-tuning
+
+
+def test_stop_keeps_a_loadable_bundle(make_napari_viewer, qtbot, em_small, tmp_path, monkeypatch):
+    raw, _ = em_small
+    viewer, w = make_widget(make_napari_viewer, raw)
+    sec = w.pretrain
+    tiny(sec, steps=100_000)
+    sec.panel.start_button.click()
+    qtbot.waitUntil(lambda: sec.status.step >= 3, timeout=30_000)
+    sec.panel.stop_button.click()
+    wait_idle(qtbot, sec, timeout=30_000)
+    entry = w.session.latest("pretrained")
+    assert entry is not None and "stopped" in entry.name
+    assert 3 <= entry.bundle["training"]["step"] < 100_000
+    path = tmp_path / "stopped"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(path), "")))
+    assert sec.saver.save() == str(path) + ".pt"
+    loaded = load_bundle(str(path) + ".pt")
+    assert loaded["kind"] == "pretrained" and loaded["training"]["step"] == entry.bundle["training"]["step"]
+    # and it loads back into the session through the file dialog of another section
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", staticmethod(lambda *a, **k: (str(path) + ".pt", "")))
+    n = len(w.session.models)
+    assert w.finetune.init.load() is not None and len(w.session.models) == n + 1
+
+
+def test_finetune_preview_predict_correct_retrain(make_napari_viewer, qtbot, em_small):
+    raw, truth = em_small  # truth: 1 = cell interior, 2 = membrane
+    viewer, w = make_widget(make_napari_viewer, raw, scale=EM_SCALE, translate=(0, 8, 8))
+    notes = Notes()
+    ft = w.finetune
+    ft.classes.setText("cell, membrane")
+    labels = ft.create_labels_layer()
+    assert labels.data.shape == raw.shape and labels.data.dtype == np.uint8 and not labels.data.any()
+    assert tuple(labels.scale) == EM_SCALE and tuple(labels.translate) == (0, 8, 8)
+    assert labels.features["class"].tolist() == ["not annotated", "cell", "membrane"]
+    labels.data[0] = truth[0]  # one annotated slice, as a user would paint it
+    viewer.dims.set_current_step(0, 2)  # the user looks at slice 2 while training
+    tiny(ft, steps=60)
+    ft.preview_every = 0.3
+    run(qtbot, ft, timeout=120_000)
+    model = w.session.latest("segmentation")
+    assert model is not None and model.bundle["classes"]["values"] == [1, 2]
+    assert model.bundle["classes"]["names"] == ["cell", "membrane"]
+    prev = ft.preview_layer
+    assert prev is not None and tuple(prev.scale) == EM_SCALE
+    planes = [int(prev.data[z].any()) for z in range(4)]
+    assert planes == [0, 0, 1, 0], planes  # only the plane in view holds a preview
+    assert set(np.unique(prev.data[2])) <= {1, 2}
+
+    pr = w.predict
+    assert pr.model.current() is model
+    pr.probabilities.setChecked(True)
+    pr.uncertainty.setChecked(True)
+    pr.min_size.setValue(5)
+    run(qtbot, pr)
+    pred = pr.last_prediction
+    assert pred.data.shape == raw.shape and pred.data.dtype == np.uint8
+    assert set(np.unique(pred.data)) <= {1, 2}
+    assert tuple(pred.scale) == EM_SCALE and tuple(pred.translate) == (0, 8, 8)
+    dice = scores(pred.data[1:], truth[1:])["classes"]["2"]["dice"]
+    chance = (truth[1:] == 2).mean()  # Dice of guessing membrane at its frequency
+    assert dice > max(0.6, chance + 0.3), (dice, chance)
+    prob = viewer.layers["P(membrane)"].data
+    unc = viewer.layers["em uncertainty"].data
+    assert prob.shape == unc.shape == raw.shape and 0 <= prob.min() and prob.max() <= 1
+    assert unc.max() <= 1.0 + 1e-6
+    # uncertainty is highest where the model is least sure: near p = 0.5
+    near = np.abs(prob - 0.5) < 0.1
+    assert unc[near].mean() > unc[~near].mean()
+
+    # correct: accept slice 1 into the labels (only unannotated pixels), then retrain
+    corr = w.correct
+    assert corr.prediction.layer() is pred and corr.labels.layer() is labels
+    labels.data[1, :4, :4] = 2  # the user's own strokes on slice 1
+    viewer.dims.set_current_step(0, 1)
+    assert corr.accept_current_slice() == raw.shape[1] * raw.shape[2] - 16
+    assert (labels.data[1, :4, :4] == 2).all()  # never overwritten without asking
+    assert (labels.data[1][4:, 4:] == pred.data[1][4:, 4:]).all()
+    labels.undo()
+    assert not labels.data[1][4:, 4:].any()  # the copy is one undo step
+    # a correction painted on the prediction goes into the labels
+    pred.data[3, 10:20, 10:20] = 2 if pred.data[3, 15, 15] == 1 else 1
+    assert corr.copy_user_corrections() == 100
+    assert (labels.data[3, 10:20, 10:20] == pred.data[3, 10:20, 10:20]).all()
+    n_models = len(w.session.models)
+    ft.options.steps.setValue(10)
+    corr.retrain_button.click()
+    wait_idle(qtbot, ft, timeout=120_000)
+    assert len(w.session.models) == n_models + 1, (ft.status.message, notes.errors(), notes.infos()[-3:])
+    again = w.session.latest("segmentation")
+    assert again is not model and again.name.startswith("retrained on em")
+    # it continued from the fine-tuned model: 10 more steps moved the weights much less than the
+    # 60 steps that took a fresh network (same seed) to the first model
+    torch.manual_seed(0)
+    fresh = build_model(UNetConfig.from_dict(model.bundle["model"])).state_dict()
+
+    def dist(a: dict, b: dict) -> float:
+        return float(sum(((a[k].float() - b[k].float()) ** 2).sum() for k in a if k.endswith("weight")) ** 0.5)
+
+    assert dist(again.bundle["state_dict"], model.bundle["state_dict"]) < 0.5 * dist(model.bundle["state_dict"], fresh)
+    assert not notes.errors()
