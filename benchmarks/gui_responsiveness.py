@@ -13,7 +13,9 @@ Arms, in alternating rounds so machine noise hits each alike (fine-tuning, 2D U-
 - headless: the same job via ``Job.events`` with the torch threads the widget uses (all cores
   but one), in a plain thread and in the main thread: no GUI at all;
 - the same job in a plain thread while the (unchanging) viewer's event loop is probed: the
-  stalls that training itself causes (GIL, CPU), before the widget shows anything;
+  stalls that training itself causes (GIL, CPU), before the widget shows anything; once as is
+  (a full garbage collection of napari's objects, triggered by the training thread, holds the
+  GIL for a few hundred ms) and once with ``gc.freeze()`` as the widget's runner does;
 - widget, live preview off / on, nobody touching the viewer;
 - widget, preview on, while a timer moves the Z slider every 0.5 s (a user browsing slices);
 - widget, preview on, every core given to torch (NAPARI_REGCON_THREADS), for contrast;
@@ -30,6 +32,7 @@ Targets (BENCHMARKS.md): longest stall <= 50 ms; GUI step time within 15% of hea
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import threading
 import time
@@ -200,10 +203,13 @@ def main() -> None:
         return probe.stats()
 
     reference = {"idle_still": idle(False), "idle_slider": idle(True)}
-    # the first run adds the live preview layer: its creation and first draw are a one-off cost
-    ft.options.steps.setValue(8)
+    # the first run adds the live preview layer and draws the first previews: one-off costs
+    # (layer creation, first draw of a direct label colormap) kept out of the rounds
+    ft.options.steps.setValue(16)
     ft.preview.setChecked(True)
+    ft.preview_every = 0.5
     first_run = gui_run(app, ft, probe)
+    ft.preview_every = 3.0
     ft.options.steps.setValue(args.steps)
     arms = (("preview_off", False, False, None), ("preview_on", True, False, None),
             ("preview_on_slider", True, True, None), ("preview_on_all_cores", True, False, str(all_cores)),
@@ -217,6 +223,12 @@ def main() -> None:
         row["thread_with_event_loop_step_s"] = headless_finetune(raw, labels, args.steps, threads, True, app)
         probe.stop()
         row["thread_with_event_loop"] = probe.stats()
+        gc.freeze()
+        probe.start()
+        headless_finetune(raw, labels, args.steps, threads, True, app)
+        probe.stop()
+        gc.unfreeze()
+        row["thread_with_event_loop_gc_frozen"] = probe.stats()
         for key, preview, browse, env in arms:
             if env:
                 os.environ[THREADS_ENV] = env
@@ -260,6 +272,8 @@ def main() -> None:
         "torch_threads_in_widget_runs": threads,
         "longest_stall_ms_first_run_adding_preview_layer": first_run["all"]["max_stall_ms"],
         "longest_stall_ms_training_itself": max(r["thread_with_event_loop"]["max_stall_ms"] for r in rounds),
+        "longest_stall_ms_training_itself_gc_frozen":
+            max(r["thread_with_event_loop_gc_frozen"]["max_stall_ms"] for r in rounds),
         "longest_stall_ms_training_untouched": max(no_touch),
         "longest_stall_ms_training_untouched_steady": max(no_touch_steady),
         "longest_stall_ms_preview_off_steady": max(arm("preview_off", "steady", "max_stall_ms")),
@@ -304,7 +318,9 @@ def main() -> None:
             [f"headless, main thread, {threads} torch thread(s)", f"{median(head_main):.3f}", "—", "—"],
             ["training in a plain thread, viewer unchanged (GIL/CPU only)",
              f"{median([r['thread_with_event_loop_step_s'] for r in rounds]):.3f}",
-             f"{max(r['thread_with_event_loop']['max_stall_ms'] for r in rounds):.0f}", "—"]]
+             f"{max(r['thread_with_event_loop']['max_stall_ms'] for r in rounds):.0f}", "—"],
+            ["same, objects frozen for the GC (gc.freeze, as the widget does)", "—",
+             f"{max(r['thread_with_event_loop_gc_frozen']['max_stall_ms'] for r in rounds):.0f}", "—"]]
     for k, *_ in arms:
         rows.append([labels_txt[k], f"{median(arm(k, 'step_s')):.3f} ({median(ratio[k]):.2f}x)",
                      cell(k, "all"), cell(k, "steady")])

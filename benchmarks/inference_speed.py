@@ -31,6 +31,7 @@ from _common import (
     machine_info,
     markdown_table,
     median,
+    read_json,
     spread,
     text_table,
     write_json,
@@ -150,10 +151,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cases", default="2d,3d")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--report-only", action="store_true", help="rewrite the table from the last JSON")
     args = p.parse_args(argv)
+    if args.report_only:
+        report()
+        return
     torch.set_num_threads(args.threads)
     machine = machine_info()
-    rows, results = [], []
+    results = []
     cases = args.cases.split(",")
     if "2d" in cases:
         image = load_isbi()["train_raw"][: args.planes]
@@ -166,19 +171,25 @@ def main(argv: list[str] | None = None) -> None:
         cfg = UNetConfig(ndim=3, in_channels=1, out_channels=2, base=8, depth=3,
                          pool_z=anisotropic_pool_z(tile[0], 3))
         results.append(bench_case("3D U-Net (base 8, depth 3), VesselNN raw_02 volume", cfg, image, tile, args))
-    headers = ["case", "shape", "tile / overlap / batch", "ours MP/s", "MONAI MP/s", "ratio (median, range)",
-               "max |Δprob|", "labels differing"]
-    for r in results:
-        rows.append([r["case"], "x".join(map(str, r["shape"])), f"{'x'.join(map(str, r['tile']))} / {r['overlap']} / {r['sw_batch_size']}",
-                     f"{r['mpix_s_ours']:.3f}", f"{r['mpix_s_monai']:.3f}",
-                     f"{r['ratio_median']:.3f} ({r['ratio_range'][0]:.3f}–{r['ratio_range'][1]:.3f})",
-                     f"{r['max_abs_diff_probs']:.2e}", f"{100 * r['label_mismatch_fraction']:.4f}%"])
-    print("\n" + text_table(headers, rows))
-    write_json(NAME, {"benchmark": NAME, "machine": machine, "threads": args.threads, "results": results})
-    write_text(f"{NAME}.md", f"# Prediction throughput vs MONAI ({machine['date']}, {machine['nproc']} cores, "
-               f"torch {machine['torch']}, {args.threads} threads, median of {args.repeats} interleaved repeats)\n\n"
-               f"`{machine['command']}`\n\n" + markdown_table(headers, rows))
+    write_json(NAME, {"benchmark": NAME, "machine": machine, "threads": args.threads, "repeats": args.repeats,
+                      "results": results})
+    report()
 
+
+def report() -> None:
+    """Print the table and write results/inference_speed.md from the JSON."""
+    data = read_json(NAME)
+    machine, results = data["machine"], data["results"]
+    headers = ["case", "shape", "tile / overlap / batch", "ours MP/s", "MONAI MP/s", "speed ratio ours/MONAI (median, range)",
+               "max abs Δ prob", "labels differing"]
+    rows = [[r["case"], "x".join(map(str, r["shape"])), f"{'x'.join(map(str, r['tile']))} / {r['overlap']} / {r['sw_batch_size']}",
+             f"{r['mpix_s_ours']:.3f}", f"{r['mpix_s_monai']:.3f}",
+             f"{r['ratio_median']:.3f} ({r['ratio_range'][0]:.3f}–{r['ratio_range'][1]:.3f})",
+             f"{r['max_abs_diff_probs']:.1e}", f"{100 * r['label_mismatch_fraction']:.4f}%"] for r in results]
+    print("\n" + text_table(headers, rows))
+    write_text(f"{NAME}.md", f"# Prediction throughput vs MONAI ({machine['date']}, {machine['nproc']} cores, "
+               f"torch {machine['torch']}, {data['threads']} thread(s), median of {results[0]['repeats']} interleaved "
+               f"repeats)\n\n`{machine['command']}`\n\n" + markdown_table(headers, rows))
 
 if __name__ == "__main__":
     main()

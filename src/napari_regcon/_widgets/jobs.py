@@ -183,6 +183,10 @@ def _relay(job: Job, stop: threading.Event, extra: Callable[[], Update | None] |
     if pending and ev is not None:
         step, loss = pending[-1]
         yield StepUpdate(step, job.config.steps, loss, 0.0, pending)
+    if isinstance(extra, _Previewer) and not cancelled:
+        upd = extra(force=True)  # the finished model on the plane in view, however short the run
+        if upd is not None:
+            yield upd
     yield Finished(bundle, cancelled=cancelled)
 
 
@@ -247,9 +251,9 @@ class _Previewer:
         self.depth = int(patch[0]) if job.model.config.ndim == 3 else 1
         self.next_at = time.monotonic() + min(1.0, params.preview_every)
 
-    def __call__(self) -> PreviewUpdate | None:
+    def __call__(self, force: bool = False) -> PreviewUpdate | None:
         now = time.monotonic()
-        if not self.enabled.is_set() or now < self.next_at:
+        if not self.enabled.is_set() or (now < self.next_at and not force):
             return None
         bundle = self.job.bundle_fn(self.job.model, {"step": [], "loss": []}, {})
         z, labels = predict_plane(bundle, self.image, self.params.channel_axis, self.plane.get(),

@@ -142,6 +142,6 @@ class PredictWidget(QWidget):
         layer.metadata["regcon_original"] = np.array(labels, copy=True)
         layer.metadata["regcon_model"] = run["model"]
         self.last_prediction = layer
-        extra = " Probability and uncertainty layers are hidden: tick their eye to show them." \
+        extra = " (the probability/uncertainty layers are hidden: tick their eye to show them)" \
             if res.probabilities is not None or res.uncertainty is not None else ""
-        show_info(f"Prediction of '{img.name}' added as '{layer.name}'.{extra}")
+        show_info(f"Prediction of '{img.name}' added as '{layer.name}'{extra}.")
