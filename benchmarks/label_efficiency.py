@@ -241,35 +241,55 @@ def record_key(r: dict) -> tuple:
     return (r["arm"], r["regime"], r["seed"], r["eval"], r.get("finetune_steps"), r.get("pretrain_steps"))
 
 
-def summarize(records: list[dict], eval_split: str = "test") -> tuple[list[str], list[list[str]], dict]:
-    """Mean ± std (n seeds) of membrane Dice per arm and regime, and Δ vs random init."""
+def _group_name(r: dict) -> str:
+    name = r["arm"] + (f" ({r['pretrain_steps']} pre)" if r.get("pretrain_steps") else "")
+    if r.get("finetune_steps") not in (None, 400):
+        name += f" [{r['finetune_steps']} ft steps]"
+    return name
+
+
+def _baseline_name(r: dict) -> str:
+    """The random-init arm with the same fine-tuning recipe (steps, learning rate)."""
+    lr = (r.get("recipe") or {}).get("lr", 1e-3)
+    return _group_name({"arm": "random" + (f"[lr={lr:g}]" if lr != 1e-3 else ""),
+                        "finetune_steps": r.get("finetune_steps")})
+
+
+def summarize(records: list[dict], eval_split: str = "test") -> tuple[list[str], list[list[str]], list[list[str]], dict]:
+    """Per arm and regime: membrane Dice mean ± std over seeds (Δ points vs random init with the
+    same recipe) and mean IoU. Returns headers, Dice rows, IoU rows and the raw statistics."""
     groups: dict[tuple, list[dict]] = {}
+    base_of: dict[str, str] = {}
     for r in records:
         if r["eval"] != eval_split:
             continue
-        name = r["arm"] + (f" ({r['pretrain_steps']} pre)" if r.get("pretrain_steps") else "")
+        name = _group_name(r)
+        base_of[name] = _baseline_name(r) if r["method"] != "random" else name
         groups.setdefault((name, r["regime"]), []).append(r)
-    arms = sorted({a for a, _ in groups}, key=lambda a: (a != "rf", a != "random", a))
+    arms = sorted({a for a, _ in groups}, key=lambda a: (a != "rf", not a.startswith("random"), a))
     regimes = [g for g in REGIME_ORDER if any(k[1] == g for k in groups)]
     stats = {k: (float(np.mean([r["dice"] for r in v])), float(np.std([r["dice"] for r in v])), len(v),
                  float(np.mean([r["iou"] for r in v]))) for k, v in groups.items()}
     names = {"scribble": "scribbles (1% of slice 0)", "1": "1 slice"}
     headers = ["arm"] + [names.get(g, f"{g} slices") for g in regimes]
-    rows = []
+    rows, iou_rows = [], []
     for a in arms:
-        row = [a]
+        row, irow = [a], [a]
         for g in regimes:
             if (a, g) not in stats:
                 row.append("—")
+                irow.append("—")
                 continue
-            m, s, n, iou = stats[(a, g)]
-            cell = f"{m:.3f} ± {s:.3f} (n={n}; IoU {iou:.3f})"
-            base = stats.get(("random", g))
-            if a.split(" ")[0] != "random" and base is not None:
+            m, sd, n, iou = stats[(a, g)]
+            cell = f"{m:.3f} (n=1)" if n == 1 else f"{m:.3f} ± {sd:.3f}" + (f" (n={n})" if n != 3 else "")
+            base = stats.get((base_of[a], g))
+            if base_of[a] != a and base is not None:
                 cell += f", Δ {100 * (m - base[0]):+.1f}"
             row.append(cell)
+            irow.append(f"{iou:.3f}")
         rows.append(row)
-    return headers, rows, stats
+        iou_rows.append(irow)
+    return headers, rows, iou_rows, stats
 
 
 def plot(stats: dict, path: Path) -> None:
@@ -287,7 +307,7 @@ def plot(stats: dict, path: Path) -> None:
     ax.axhline(0.80, color="grey", ls=":", lw=1, label="goal at 1 slice (0.80)")
     ax.set_xscale("log")
     ax.set_xticks([0.01, 1, 2, 5, 20], ["scribbles\n(1% of 1)", "1", "2", "5", "20"])
-    ax.set_xlabel("labeled slices of ISBI 2012 (train 0..k-1)")
+    ax.set_xlabel("labeled pixels, in slices of ISBI 2012 (dense slices 0..k-1; scribbles ≈ 1% of slice 0)")
     ax.set_ylabel("membrane Dice, slices 20..29")
     ax.set_title("Label efficiency (mean ± std over seeds)")
     ax.grid(alpha=0.3)
@@ -302,12 +322,14 @@ def report(results: dict) -> None:
     parts = [f"# Label efficiency on ISBI 2012 (updated {machine_info()['date']})", ""]
     for split, title in (("test", "Evaluation slices 20..29 (the benchmark)"),
                          ("val", "Held-out training slices 10..19 (recipe choices only)")):
-        headers, rows, stats = summarize(results["runs"], split)
+        headers, rows, iou_rows, stats = summarize(results["runs"], split)
         if not rows:
             continue
-        print(f"\n{title}: membrane Dice mean ± std over seeds\n" + text_table(headers, rows))
-        parts += [f"## {title}", "", "Membrane Dice, mean ± std over seeds (IoU; Δ = points vs random init).", "",
-                  markdown_table(headers, rows), ""]
+        print(f"\n{title}: membrane Dice, mean ± std over seeds (n = 3 unless said), Δ = points vs random init\n"
+              + text_table(headers, rows))
+        parts += [f"## {title}", "", "Membrane Dice, mean ± std over seeds (n = 3 unless said); Δ = points against "
+                  "random init with the same fine-tuning recipe.", "", markdown_table(headers, rows), "",
+                  "Membrane IoU (mean over seeds):", "", markdown_table(headers, iou_rows), ""]
         if split == "test" and have_matplotlib():
             plot(stats, RESULTS / f"{NAME}.png")
             parts += [f"![label efficiency]({NAME}.png)", ""]

@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
+import warnings
 
 import numpy as np
 import tifffile
@@ -21,15 +23,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
-    """Run torchrun with 2 ranks on loopback; retried once on a fresh port if the rendezvous fails."""
-    for _attempt in range(2):
+def _torchrun(args: list[str], timeout: int = 240, expect_failure: bool = False) -> subprocess.CompletedProcess:
+    """Run torchrun with 2 ranks on loopback.
+
+    Retried once on a fresh port if the rendezvous port was taken, and once if a rank was killed by a
+    signal outside our code (gloo has aborted at process teardown on CI machines); the retry is
+    reported as a warning with the first run's output, so it stays visible.
+    """
+    r = None
+    for attempt in range(3):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
                "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), *args]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_SHOW_CPP_STACKTRACES": "1"}
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-        if r.returncode == 0 or "address already in use" not in r.stderr.lower():
+        if r.returncode == 0 or expect_failure:
             return r
+        err = r.stderr.lower()
+        if "address already in use" in err:
+            continue
+        if "(sigabrt)" in err or "(sigsegv)" in err:
+            warnings.warn(f"torchrun attempt {attempt + 1}: a rank died by a signal; retrying. Output:\n"
+                          + r.stderr[-4000:], stacklevel=2)
+            continue
+        return r
     return r
 
 
@@ -73,4 +89,39 @@ def test_cli_under_torchrun_writes_one_loadable_bundle(tmp_path, em_small) -> No
     assert r.stderr.count("pretrained bundle written") == 1  # only rank 0 reports and writes
     bundle = load_bundle(out)
     assert bundle["training"]["step"] == 4
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+RANK1_FAILS = """
+import os, sys
+from napari_regcon import cli
+from napari_regcon.core import sampling
+if os.environ.get("RANK") == "1":  # rank 1's disk fails after its 6th batch
+    original, calls = sampling.PatchSampler.sample, [0]
+    def sample(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] > 6:
+            raise OSError("simulated read error on rank 1")
+        return original(self, *args, **kwargs)
+    sampling.PatchSampler.sample = sample
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_failing_rank_stops_the_others_and_keeps_the_last_checkpoint(tmp_path, em_small) -> None:
+    raw, _ = em_small
+    tifffile.imwrite(tmp_path / "raw.tif", raw, photometric="minisblack")
+    script = tmp_path / "fail.py"
+    script.write_text(RANK1_FAILS)
+    out = tmp_path / "ddp.pt"
+    t0 = time.perf_counter()
+    r = _torchrun([str(script), "pretrain", str(tmp_path / "raw.tif"), "--out", str(out), "--steps", "500",
+                   "--checkpoint-every", "2", "--base", "4", "--depth", "2", "--patch-size", "32",
+                   "--batch-size", "2", "--device", "cpu", "--quiet"], timeout=120, expect_failure=True)
+    assert time.perf_counter() - t0 < 100  # nobody hangs in a collective
+    assert r.returncode != 0
+    assert "napari-regcon: error: simulated read error on rank 1." in r.stderr  # one sentence, no traceback
+    assert "Traceback (most recent call last):\n[rank" not in r.stderr
+    bundle = load_bundle(out)  # rank 0's last checkpoint, written atomically, loads
+    assert 2 <= bundle["training"]["step"] <= 6 and bundle["training"]["step"] % 2 == 0
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

@@ -23,7 +23,8 @@ EXIT_INTERRUPTED = 130
 
 
 class _StopFlag:
-    """First Ctrl-C asks training to stop cleanly at the next step; a second one aborts."""
+    """First Ctrl-C (or SIGTERM, as sent by SLURM or torchrun) asks training to stop cleanly at the
+    next step, keeping the model trained so far; a second one aborts."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
@@ -31,18 +32,19 @@ class _StopFlag:
 
     def __enter__(self) -> _StopFlag:
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handler)
+            self._old = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         return self
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self.event.is_set():
             raise KeyboardInterrupt
         self.event.set()
-        print("\nnapari-regcon: stopping at the next step (Ctrl-C again to abort)...", file=sys.stderr)
+        what = "terminated" if signum == signal.SIGTERM else "Ctrl-C"
+        print(f"\nnapari-regcon: {what}: stopping at the next step (Ctrl-C again to abort)...", file=sys.stderr)
 
     def __exit__(self, *exc: Any) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in (self._old or {}).items():
+            signal.signal(sig, old)
 
     def __call__(self) -> bool:
         return self.event.is_set()
@@ -432,14 +434,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0)
     from napari_regcon.core import distributed
 
+    clean = False
     try:
         if args.command in ("pretrain", "finetune"):
             distributed.init_from_env(args.device)
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        clean = True
+        return code
     except RegconError as err:
         print(f"napari-regcon: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except RuntimeError as err:
+        if not distributed.lost_peer(err):
+            raise
+        rank = distributed.world()[0]
+        print(f"napari-regcon: error: rank {rank} lost contact with another rank, which failed or was stopped "
+              "(see its message above); the last checkpoint written is kept.", file=sys.stderr)
+        return 1
+    except OSError as err:  # a read or write failing mid-run (disk full, file gone, network share)
+        print(f"napari-regcon: error: {err.strerror or err}"
+              + (f": {err.filename}" if getattr(err, "filename", None) else "") + ".", file=sys.stderr)
+        return 1
     except _Interrupted as err:
+        clean = True  # every rank stopped at the same step
         print(f"napari-regcon: {err}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
@@ -449,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"napari-regcon: error: out of memory ({type(err).__name__}); use a smaller --batch-size, --patch-size or --tile.", file=sys.stderr)
         return 1
     finally:
-        distributed.shutdown()
+        distributed.shutdown(clean)
 
 
 def torch_oom() -> type[BaseException]:

@@ -8,6 +8,7 @@ one process group (NCCL on GPUs, gloo on CPU), and the training loop wraps the m
 
 from __future__ import annotations
 
+import gc
 import os
 
 import torch
@@ -40,10 +41,30 @@ def init_from_env(device: str = "auto") -> bool:
     return True
 
 
-def shutdown() -> None:
-    """Leave the process group (no-op when not distributed)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(clean: bool = True) -> None:
+    """Leave the process group (no-op when not distributed).
+
+    On a clean exit the ranks first meet at a barrier, so none tears its sockets down while another
+    is still talking to it, and DDP wrappers left in reference cycles are collected before the group
+    goes (a late destructor touching a destroyed gloo group aborts the process). After a failure
+    there is no barrier: the other ranks may never reach it.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()
+    if clean:
+        try:
+            dist.barrier()
+        except RuntimeError:  # a peer is gone; leave anyway
+            pass
+    dist.destroy_process_group()
+
+
+def lost_peer(err: BaseException) -> bool:
+    """True when ``err`` is a collective failing because another rank crashed or was stopped."""
+    return world()[1] > 1 and isinstance(err, RuntimeError) and any(
+        s in str(err) for s in ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+                                "NCCL", "Timed out", "timed out"))
 
 
 def mean_across_ranks(value: float, device: torch.device) -> float:
