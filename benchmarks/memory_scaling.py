@@ -6,13 +6,14 @@ fine-tunes a small model once, then runs the real command line in a fresh proces
 records its peak RSS (ru_maxrss of that process) and megapixels per second. Target: peak RSS within
 20% across sizes (the output is written tile by tile), throughput flat.
 
-    python benchmarks/memory_scaling.py [--sizes 0.25,1,4] [--workdir /tmp/regcon-mem]
+    python benchmarks/memory_scaling.py [--sizes 0.25,1,4] [--base 8] [--threads 1] [--workdir /tmp/regcon-mem]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -77,6 +78,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="0.25,1,4", help="volume sizes in GB")
     ap.add_argument("--workdir", default="/tmp/regcon-mem", type=Path)
     ap.add_argument("--base", type=int, default=8, help="U-Net width of the model used (default 8)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads of the predict process (default 1)")
     ap.add_argument("--keep", action="store_true", help="keep the generated volumes")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -91,7 +93,7 @@ def main() -> None:
         shutil.rmtree(str(out) + ".partial", ignore_errors=True)
         t0 = time.perf_counter()
         r = subprocess.run([sys.executable, "-c", CHILD, "predict", "--model", str(model), "--image", str(vol),
-                            "--out", str(out), "--quiet"], capture_output=True, text=True)
+                            "--out", str(out), "--threads", str(args.threads), "--quiet"], capture_output=True, text=True)
         wall = time.perf_counter() - t0
         line = [ln for ln in r.stderr.splitlines() if ln.startswith("RESULT")]
         if r.returncode != 0 or not line:
@@ -111,9 +113,12 @@ def main() -> None:
               f"{r['peak_rss_mb']:.0f}", f"{r['peak_rss_mb'] / rss[0]:.2f}x"] for r in rows]
     print(text_table(headers, table))
     print(f"peak RSS spread {summary['rss_spread']:.1%} (target <= 20%), throughput spread {summary['throughput_spread']:.1%}")
-    write_json("memory_scaling", {"machine": machine_info(), "model_base": args.base, "rows": rows, "summary": summary})
+    write_json("memory_scaling", {"machine": machine_info(), "model_base": args.base, "threads": args.threads, "rows": rows, "summary": summary})
     write_text("memory_scaling.md", markdown_table(headers, table) + f"\n\nPeak RSS spread {summary['rss_spread']:.1%} "
-               f"(target <= 20%); throughput spread {summary['throughput_spread']:.1%}.\n")
+               f"(target <= 20%); throughput spread {summary['throughput_spread']:.1%}.\n\n"
+               f"`python benchmarks/memory_scaling.py --sizes {args.sizes} --base {args.base} --threads {args.threads}`; "
+               f"{time.strftime('%Y-%m-%dT%H:%M')}; {machine_info().get('cpu', '')} "
+               f"(load average at the end {os.getloadavg()[0]:.1f}).\n")
     if not args.keep:
         for gb in args.sizes.split(","):
             shutil.rmtree(args.workdir / f"vol_{float(gb):g}GB.zarr", ignore_errors=True)

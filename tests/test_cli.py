@@ -26,9 +26,9 @@ def files(tmp_path_factory, em_small) -> dict[str, Path]:
     labels[0] = truth[0]
     paths = {"image": d / "image.tif", "labels": d / "labels.tif", "truth": d / "truth.tif",
              "pre": d / "pre.pt", "model": d / "model.pt", "dir": d}
-    tifffile.imwrite(paths["image"], raw)
-    tifffile.imwrite(paths["labels"], labels)
-    tifffile.imwrite(paths["truth"], truth)
+    tifffile.imwrite(paths["image"], raw, photometric="minisblack")
+    tifffile.imwrite(paths["labels"], labels, photometric="minisblack")
+    tifffile.imwrite(paths["truth"], truth, photometric="minisblack")
     assert main(["pretrain", str(paths["image"]), "--method", "mim", "--out", str(paths["pre"]), *TINY]) == 0
     assert main(["finetune", "--image", str(paths["image"]), "--labels", str(paths["labels"]),
                  "--init", str(paths["pre"]), "--out", str(paths["model"]), *TINY]) == 0
@@ -94,11 +94,11 @@ def test_bad_inputs(files, capsys, tmp_path) -> None:
     (tmp_path / "empty.tif").write_bytes(b"")
     _fails(capsys, ["pretrain", str(tmp_path / "empty.tif"), "--out", str(out), *TINY], "empty", out)
     # shape mismatch, no annotation, one class
-    tifffile.imwrite(tmp_path / "lab_small.tif", np.ones((4, 64, 64), np.uint8))
+    tifffile.imwrite(tmp_path / "lab_small.tif", np.ones((4, 64, 64), np.uint8), photometric="minisblack")
     _fails(capsys, [*ft[:4], str(tmp_path / "lab_small.tif"), *ft[5:]], "must match", out)
-    tifffile.imwrite(tmp_path / "lab_none.tif", np.zeros((4, 128, 128), np.uint8))
+    tifffile.imwrite(tmp_path / "lab_none.tif", np.zeros((4, 128, 128), np.uint8), photometric="minisblack")
     _fails(capsys, [*ft[:4], str(tmp_path / "lab_none.tif"), *ft[5:]], "no annotated pixel", out)
-    tifffile.imwrite(tmp_path / "lab_one.tif", np.pad(np.ones((1, 8, 8), np.uint8), ((0, 3), (0, 120), (0, 120))))
+    tifffile.imwrite(tmp_path / "lab_one.tif", np.pad(np.ones((1, 8, 8), np.uint8), ((0, 3), (0, 120), (0, 120))), photometric="minisblack")
     _fails(capsys, [*ft[:4], str(tmp_path / "lab_one.tif"), *ft[5:]], "single class", out)
     # dimensionality: --ndim 3 on a 2D image; 4D image without channel axis
     tifffile.imwrite(tmp_path / "img2d.tif", np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
@@ -145,6 +145,18 @@ def test_bad_bundles_and_outputs(files, capsys, tmp_path) -> None:
     _fails(capsys, ["pretrain", img, "--out", "/proc/regcon.pt", *TINY], "Cannot write")
     _fails(capsys, [*pr[:-3], "--out", str(tmp_path / "p.png"), "--model", str(files["model"])], ".tif, .zarr or .npy")
     _fails(capsys, ["evaluate", "--pred", str(files["truth"]), "--truth", str(tmp_path / "afile")], "unsupported format")
+    # zarr inputs: a group of several arrays (not an array), chunks so small that tiles would crawl; --threads 0
+    import zarr
+    g = zarr.open_group(str(tmp_path / "group.zarr"), mode="w")
+    g.create_array("a", shape=(2, 64, 64), dtype="uint8")
+    g.create_array("b", shape=(2, 64, 64), dtype="uint8")
+    _fails(capsys, [*pr[:-3], "--image", str(tmp_path / "group.zarr"), "--out", str(pred), "--model", str(files["model"])],
+           "not an array", pred)
+    tiny = zarr.open(str(tmp_path / "tiny.zarr"), mode="w", shape=(2, 64, 64), dtype="uint8", chunks=(1, 4, 4))
+    tiny[...] = 7
+    _fails(capsys, [*pr[:-3], "--image", str(tmp_path / "tiny.zarr"), "--out", str(pred), "--model", str(files["model"])],
+           "tiny chunks", pred)
+    _fails(capsys, [*pr, "--model", str(files["model"]), "--threads", "0"], "--threads must be at least 1", pred)
 
 
 def test_console_script_help_and_error() -> None:
@@ -168,3 +180,26 @@ def test_demo_quick(tmp_path, capsys) -> None:
     png = iio.imread(out / "overlay.png")
     assert png.ndim == 3 and png.shape[2] == 3 and png.shape[1] > 3 * 384
     assert tifffile.imread(out / "prediction.tif").shape == (10, 384, 384)
+
+
+def test_sigterm_stops_training_cleanly_and_keeps_the_model(files, tmp_path) -> None:
+    """SIGTERM (SLURM's time limit, torchrun's stop) ends training at the next step with a resumable bundle."""
+    import signal
+    import time
+
+    out = tmp_path / "pre.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "napari_regcon", "pretrain", str(files["image"]), "--out", str(out),
+                             "--steps", "100000", "--base", "4", "--depth", "2", "--patch-size", "32",
+                             "--batch-size", "2", "--threads", "1", "--checkpoint-every", "0"],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    seen = ""
+    while time.time() < deadline and "pretrain" not in seen:  # the progress bar has started
+        seen += proc.stderr.read(1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, seen + err
+    assert "terminated: stopping at the next step" in err and "--resume" in err
+    bundle = torch.load(out, weights_only=True)
+    assert 0 < bundle["training"]["step"] < 100000

@@ -81,7 +81,7 @@ def test_two_ranks_end_with_identical_weights(tmp_path, em_small) -> None:
 
 def test_cli_under_torchrun_writes_one_loadable_bundle(tmp_path, em_small) -> None:
     raw, _ = em_small
-    tifffile.imwrite(tmp_path / "raw.tif", raw)
+    tifffile.imwrite(tmp_path / "raw.tif", raw, photometric="minisblack")
     out = tmp_path / "ddp.pt"
     r = _torchrun(["-m", "napari_regcon", "pretrain", str(tmp_path / "raw.tif"), "--out", str(out), "--steps", "4",
                    "--base", "4", "--depth", "2", "--patch-size", "32", "--batch-size", "2", "--device", "cpu", "--quiet"])

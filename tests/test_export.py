@@ -52,7 +52,7 @@ def files(tmp_path_factory, em_small) -> dict[str, Path]:
     labels = np.zeros_like(truth)
     labels[0] = truth[0]
     paths = {"dir": d, "image": d / "image.tif", "model": d / "model.pt", "pre": d / "pre.pt"}
-    tifffile.imwrite(paths["image"], raw)
+    tifffile.imwrite(paths["image"], raw, photometric="minisblack")
     finetune_job(raw, labels, class_names=["cell", "membrane"], sources=[str(paths["image"])],
                  **TINY).run(out=paths["model"])
     pretrained = load_bundle(paths["model"])  # the kind is all that matters for the refusal
@@ -169,7 +169,7 @@ def test_predict_with_package_equals_bundle(files, tmp_path) -> None:
     labels = tmp_path / "labels.tif"
     lab = np.zeros((4, 128, 128), np.uint8)
     lab[0, :20], lab[0, 40:60] = 1, 2
-    tifffile.imwrite(labels, lab)
+    tifffile.imwrite(labels, lab, photometric="minisblack")
     assert main(["finetune", "--image", str(files["image"]), "--labels", str(labels), "--init", str(pkg),
                  "--out", str(tmp_path / "more.pt"), "--steps", "1", "--batch-size", "2", "--patch-size", "32",
                  "--device", "cpu", "--quiet"]) == 0

@@ -23,7 +23,7 @@ def test_formats_round_trip(tmp_path) -> None:
 
 def test_large_compressed_tiff_is_lazy(tmp_path, monkeypatch) -> None:
     data = np.random.default_rng(0).integers(0, 255, (4, 64, 64), dtype=np.uint8)
-    tifffile.imwrite(tmp_path / "c.tif", data, compression="zlib")
+    tifffile.imwrite(tmp_path / "c.tif", data, compression="zlib", photometric="minisblack")
     monkeypatch.setattr(io, "EAGER_TIFF_BYTES", 0)
     arr = io.read_array(tmp_path / "c.tif")
     assert not isinstance(arr, np.ndarray)

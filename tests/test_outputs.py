@@ -81,3 +81,35 @@ def test_stopped_tiff_prediction_leaves_nothing(tmp_path, em_small) -> None:
         _run(predict_to_files(_bundle(2), raw, tmp_path / "o.tif", tmp_path / "p.tif", tile=(32, 32),
                               should_stop=_stop_after(3)))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_keeps_the_partial_store_resumable(tmp_path, em_small, monkeypatch) -> None:
+    """ENOSPC in the middle of a zarr prediction: one clear error, the store stays .partial and resumes."""
+    import errno
+
+    from napari_regcon.core.errors import RegconError
+
+    raw = em_small[0][:, :64, :64]
+    bundle = _bundle(2)
+    _run(predict_to_files(bundle, raw, tmp_path / "ref.zarr", tile=(32, 32)))
+    ref = zarr.open(str(tmp_path / "ref.zarr"), mode="r")[...]
+
+    original, writes = zarr.Array.__setitem__, {"n": 0}
+
+    def filling_disk(self, key, value):
+        writes["n"] += 1
+        if writes["n"] > 7:  # the disk fills up during the third plane (3 band writes per plane)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, key, value)
+
+    monkeypatch.setattr(zarr.Array, "__setitem__", filling_disk)
+    out = tmp_path / "o.zarr"
+    with pytest.raises(RegconError, match="disk filled up.*resumes it"):
+        _run(predict_to_files(bundle, raw, out, tile=(32, 32)))
+    monkeypatch.setattr(zarr.Array, "__setitem__", original)
+    assert not out.exists()
+    info = zarr.open(str(partial_path(out)), mode="r").attrs[PROGRESS_KEY]
+    assert info["complete"] is False and len(info["done"]) >= 1  # marked incomplete, finished part kept
+    _, summary = _run(predict_to_files(bundle, raw, out, tile=(32, 32)))
+    assert summary == {"resumed_units": len(info["done"]), "complete": True}
+    np.testing.assert_array_equal(zarr.open(str(out), mode="r")[...], ref)

@@ -199,9 +199,9 @@ def test_bad_semi_parameters_and_mismatched_unlabeled_images(em_small, tiny):
 def test_cli_finetune_with_unlabeled(em_small, tmp_path):
     import tifffile
     raw, truth = em_small
-    tifffile.imwrite(tmp_path / "img.tif", raw[:2])
-    tifffile.imwrite(tmp_path / "lab.tif", _sparse(truth[:2]))
-    tifffile.imwrite(tmp_path / "unl.tif", raw[2:])
+    tifffile.imwrite(tmp_path / "img.tif", raw[:2], photometric="minisblack")
+    tifffile.imwrite(tmp_path / "lab.tif", _sparse(truth[:2]), photometric="minisblack")
+    tifffile.imwrite(tmp_path / "unl.tif", raw[2:], photometric="minisblack")
     out = tmp_path / "model.pt"
     code = main(["finetune", "--image", str(tmp_path / "img.tif"), "--labels", str(tmp_path / "lab.tif"),
                  "--unlabeled", str(tmp_path / "unl.tif"), "--out", str(out), "--steps", "3", "--base", "4",

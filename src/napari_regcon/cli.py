@@ -323,6 +323,8 @@ def _add_common_training(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument("--depth", type=int, default=3, help="U-Net poolings (default 3)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda or mps")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for torch (default: all cores; 1 is faster when other jobs share the CPU)")
     p.add_argument("--resume", default=None, metavar="BUNDLE", help="continue an interrupted run from its bundle")
     p.add_argument("--checkpoint-every", type=int, default=100, help="save the bundle every N steps (default 100)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -385,6 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default 4)")
     p.add_argument("--channel-axis", type=int, default=None)
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for torch (default: all cores; 1 is faster when other jobs share the CPU)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_predict)
 
@@ -403,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-steps", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for torch (default: all cores; 1 is faster when other jobs share the CPU)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
@@ -436,6 +442,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     clean = False
     try:
+        if getattr(args, "threads", None) is not None:
+            if args.threads < 1:
+                raise RegconError(f"--threads must be at least 1, got {args.threads}.")
+            import torch
+            torch.set_num_threads(args.threads)
         if args.command in ("pretrain", "finetune"):
             distributed.init_from_env(args.device)
         code = int(args.func(args) or 0)
