@@ -52,6 +52,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch-size", type=int, default=8, help="patches per rank per step")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads-per-rank", type=int, default=None,
+                    help="CPU threads of each rank (default: the cores divided among the ranks)")
     args = ap.parse_args()
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as d:
@@ -59,7 +61,7 @@ def main() -> None:
         tifffile.imwrite(image, load_isbi()["train_raw"][:20])
         rows = []
         for n in [int(r) for r in args.ranks.split(",")]:
-            threads = max(1, cores // n) if args.device == "cpu" else 1
+            threads = args.threads_per_rank or (max(1, cores // n) if args.device == "cpu" else 1)
             sec = run(n, image, args.steps, args.batch_size, args.device, threads)
             rows.append({"ranks": n, "threads_per_rank": threads, "seconds_per_step": sec,
                          "patches_per_s": n * args.batch_size / sec})
@@ -71,7 +73,9 @@ def main() -> None:
     print(text_table(headers, table))
     write_json("ddp_scaling", {"machine": machine_info(), "device": args.device, "cuda_devices": torch.cuda.device_count(),
                                "batch_per_rank": args.batch_size, "rows": rows})
-    write_text("ddp_scaling.md", markdown_table(headers, table))
+    m = machine_info()
+    write_text("ddp_scaling.md", markdown_table(headers, table) + f"\n\n`{m['command']}`; {m['date']}; {m['cpu']}, "
+               f"{cores} cores; load average at start {m['loadavg_start'][0]:.1f}.\n")
 
 
 if __name__ == "__main__":

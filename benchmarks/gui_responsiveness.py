@@ -74,7 +74,8 @@ class StallProbe:
         gaps = gaps[(ends >= t0) & (ends <= t1)]
         if gaps.size == 0:
             gaps = np.zeros(1)
-        return {"ticks": int(gaps.size), "max_stall_ms": float(max(0.0, gaps.max() - self.interval)),
+        at = float(ends[(ends >= t0) & (ends <= t1)][int(np.argmax(gaps))]) if ends.size and gaps.size > 1 else float("nan")
+        return {"ticks": int(gaps.size), "max_stall_ms": float(max(0.0, gaps.max() - self.interval)), "max_stall_end": at,
                 "p99_gap_ms": float(np.percentile(gaps, 99)), "median_gap_ms": float(np.median(gaps)),
                 "gaps_over_target": int((gaps > self.interval + STALL_TARGET_MS).sum())}
 
@@ -151,7 +152,13 @@ def gui_run(app: Any, section: Any, probe: StallProbe, slider: Any = None) -> di
     section.status.events.state.disconnect(on_state)
     t_last = samples[-1][0] if samples else time.perf_counter()
     t_steady = max(t_click + 1.0, samples[1][0] if len(samples) > 1 else t_click)
-    return {"all": probe.stats(), "steady": probe.stats(t_steady, t_last), "step_s": step_time(samples)}
+    stats = probe.stats()
+    # where the longest stall ended: seconds after the click, and relative to the last training step
+    stats["max_stall_after_click_s"] = stats.pop("max_stall_end") - t_click
+    stats["max_stall_after_last_step_s"] = stats["max_stall_after_click_s"] - (t_last - t_click)
+    steady = probe.stats(t_steady, t_last)
+    steady.pop("max_stall_end")
+    return {"all": stats, "steady": steady, "step_s": step_time(samples)}
 
 
 def main() -> None:
@@ -247,11 +254,16 @@ def main() -> None:
     pt = widget.pretrain
     pt.images.set_checked([image])
     pt.options.steps.setValue(args.steps)
+    spin(app, 1.0)  # the settings' own repaints are not part of the run
     pretrain = gui_run(app, pt, probe)
+    print(f"pretrain: longest stall {pretrain['all']['max_stall_ms']:.0f} ms, ending "
+          f"{pretrain['all']['max_stall_after_click_s']:.2f} s after the click "
+          f"({pretrain['all']['max_stall_after_last_step_s']:+.2f} s from the last step)", flush=True)
     pr = widget.predict
     pr.image.set_layer(image)
     pr.probabilities.setChecked(True)
     pr.uncertainty.setChecked(True)
+    spin(app, 1.0)
     predict = gui_run(app, pr, probe)
 
     def arm(key: str, *path: str) -> list[float]:

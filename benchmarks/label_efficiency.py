@@ -151,7 +151,8 @@ def finetune_eval(data: dict, labels: np.ndarray, init: dict | None, seed: int, 
         for p in job.model.encoder.parameters():
             p.requires_grad_(False)
         init = job.run()
-    job = finetune_job(image, labels, init=init, steps=args.steps - freeze, **common)
+    unlabeled = [data["test_raw"]] if args.semi else None  # ISBI's 30 unlabeled test slices (never evaluated)
+    job = finetune_job(image, labels, init=init, steps=args.steps - freeze, unlabeled=unlabeled, **common)
     bundle = job.run(callback=_printer("finetune", args.steps - freeze))
     ft_s = time.perf_counter() - t0
     t1 = time.perf_counter()
@@ -208,7 +209,7 @@ def arm_id(arm: str, args: argparse.Namespace, params: dict) -> str:
             tags.append(f"freeze={args.freeze_encoder_steps}")
     if arm != "rf" and args.lr != 1e-3:
         tags.append(f"lr={args.lr:g}")
-    return arm + (f"[{','.join(tags)}]" if tags else "")
+    return arm + ("+semi" if args.semi and arm != "rf" else "") + (f"[{','.join(tags)}]" if tags else "")
 
 
 @contextlib.contextmanager
@@ -350,6 +351,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--transfer", default="", help="override transferred prefixes, e.g. 'encoder.' (comma list)")
     p.add_argument("--freeze-encoder-steps", type=int, default=0,
                    help="pretrained arms: train with the encoder frozen for the first N of --steps")
+    p.add_argument("--semi", action="store_true",
+                   help="semi-supervised fine-tuning (cross pseudo supervision + contrast) with the 30 unlabeled test slices")
     p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate")
     p.add_argument("--patch", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)

@@ -80,6 +80,7 @@ def main() -> None:
     ap.add_argument("--base", type=int, default=8, help="U-Net width of the model used (default 8)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads of the predict process (default 1)")
     ap.add_argument("--keep", action="store_true", help="keep the generated volumes")
+    ap.add_argument("--tag", default="", help="write results/memory_scaling_TAG.* instead (a re-check)")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     raw = load_isbi()["train_raw"]
@@ -113,10 +114,12 @@ def main() -> None:
               f"{r['peak_rss_mb']:.0f}", f"{r['peak_rss_mb'] / rss[0]:.2f}x"] for r in rows]
     print(text_table(headers, table))
     print(f"peak RSS spread {summary['rss_spread']:.1%} (target <= 20%), throughput spread {summary['throughput_spread']:.1%}")
-    write_json("memory_scaling", {"machine": machine_info(), "model_base": args.base, "threads": args.threads, "rows": rows, "summary": summary})
-    write_text("memory_scaling.md", markdown_table(headers, table) + f"\n\nPeak RSS spread {summary['rss_spread']:.1%} "
+    name = "memory_scaling" + (f"_{args.tag}" if args.tag else "")
+    write_json(name, {"machine": machine_info(), "model_base": args.base, "threads": args.threads, "rows": rows, "summary": summary})
+    write_text(f"{name}.md", markdown_table(headers, table) + f"\n\nPeak RSS spread {summary['rss_spread']:.1%} "
                f"(target <= 20%); throughput spread {summary['throughput_spread']:.1%}.\n\n"
-               f"`python benchmarks/memory_scaling.py --sizes {args.sizes} --base {args.base} --threads {args.threads}`; "
+               f"`python benchmarks/memory_scaling.py --sizes {args.sizes} --base {args.base} --threads {args.threads}"
+               + (f" --tag {args.tag}" if args.tag else "") + "`; "
                f"{time.strftime('%Y-%m-%dT%H:%M')}; {machine_info().get('cpu', '')} "
                f"(load average at the end {os.getloadavg()[0]:.1f}).\n")
     if not args.keep:

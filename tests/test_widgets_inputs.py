@@ -219,3 +219,28 @@ def test_form_parsers():
     with pytest.raises(RegconError, match="key=value"):
         parse_params("ratio 0.5")
     assert parse_class_names(" background, membrane ,, mito") == {1: "background", 2: "membrane", 3: "mito"}
+
+
+def test_live_preview_is_one_forward_pass_that_matches_tiled_prediction(em_small, monkeypatch):
+    """The preview of the plane in view runs the network once (no overlapping tiles) and agrees
+    with the tiled prediction of that plane."""
+    from napari_regcon.core import inference
+    from napari_regcon.core.workflows import finetune_job, run_predict
+
+    raw, truth = em_small
+    labels = np.zeros_like(truth)
+    labels[0] = truth[0]
+    bundle = finetune_job(raw, labels, steps=30, base=4, depth=2, batch_size=4, patch_size=64, seed=0).run()
+    tiles: list[int] = []
+    original = inference.UNet.forward
+
+    def counting(self, x):
+        tiles.append(int(x.shape[0]))
+        return original(self, x)
+
+    monkeypatch.setattr(inference.UNet, "forward", counting)
+    z, preview = jobs.predict_plane(bundle, raw, None, 2)
+    assert z == 2 and preview.shape == raw.shape[1:] and tiles == [1]
+    monkeypatch.setattr(inference.UNet, "forward", original)
+    tiled, _ = run_predict(bundle, raw[2:3], tile=(64, 64))
+    assert (preview == tiled[0]).mean() > 0.95

@@ -213,6 +213,20 @@ def _pretrain(images: Sequence[Any], params: PretrainParams, stop: threading.Eve
     yield from _relay(job, stop)
 
 
+def warm_up() -> None:
+    """Do once, in the background when the widget opens, the imports a first run would otherwise do
+    mid-run: torch's first optimizer imports ``torch._dynamo`` (~1 s, partly holding the GIL, which
+    stalled the viewer ~60 ms in benchmarks/gui_responsiveness.py), and the pretexts import
+    scikit-image and SciPy."""
+    import napari_regcon.core.pretext  # noqa: F401  (every method, with its dependencies)
+    from napari_regcon.core.models import UNetConfig, build_model
+
+    model = build_model(UNetConfig(ndim=2, base=4, depth=1, out_channels=2))
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.zeros(1, 1, 16, 16)).sum().backward()
+    opt.step()
+
+
 def _z_axis(image: Any, channel_axis: int | None) -> int | None:
     vol = as_volume(image, channel_axis)
     return vol.spatial_axes[0] if vol.is_3d else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from qtpy.QtCore import Qt
@@ -11,6 +12,7 @@ from superqt import QCollapsible
 from .common import hint
 from .correct import CorrectWidget
 from .finetune import FinetuneWidget
+from .jobs import warm_up
 from .predict import PredictWidget
 from .pretrain import PretrainWidget
 from .state import RunState, Session
@@ -64,6 +66,7 @@ class RegconWidget(QScrollArea):
         self.session.busy_changed.connect(self._on_busy)
         self.destroyed.connect(_on_destroyed(self.session, [self.pretrain.runner, self.finetune.runner,
                                                             self.predict.runner]))
+        threading.Thread(target=warm_up, name="napari-regcon warm-up", daemon=True).start()
 
     def _open(self, index: int) -> None:
         section = self.sections[index]
