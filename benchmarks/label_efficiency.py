@@ -265,7 +265,7 @@ def summarize(records: list[dict], eval_split: str = "test") -> tuple[list[str],
         if r["eval"] != eval_split:
             continue
         name = _group_name(r)
-        base_of[name] = _baseline_name(r) if r["method"] != "random" else name
+        base_of[name] = _baseline_name(r)  # random init itself maps to itself (no Δ)
         groups.setdefault((name, r["regime"]), []).append(r)
     arms = sorted({a for a, _ in groups}, key=lambda a: (a != "rf", not a.startswith("random"), a))
     regimes = [g for g in REGIME_ORDER if any(k[1] == g for k in groups)]

@@ -43,11 +43,12 @@ from _common import (  # noqa: E402
 
 from napari_regcon.core.workflows import Job, finetune_job, pretrain_job  # noqa: E402
 
-ARMS = ("supervised", "mim", "regcon", "lrc", "glrp")
+ALL_ARMS = ("supervised", "mim", "regcon", "lrc", "glrp", "semi")
+ARMS = ALL_ARMS[:5]  # the default set; "semi" = semi-supervised fine-tuning (two networks, unlabeled pool)
 VESSELNN = Path("/work/shared/data/vesselnn_2pm")
 
 
-def build_jobs(ndim: int, batch: int, seed: int = 0) -> dict[str, Job]:
+def build_jobs(ndim: int, batch: int, arms: tuple[str, ...], seed: int = 0) -> dict[str, Job]:
     """One Job per arm with the same network and batch size."""
     common = {"base": 16, "depth": 3, "batch_size": batch, "seed": seed, "device": "cpu", "checkpoint_every": 0,
               "steps": 10}
@@ -64,8 +65,12 @@ def build_jobs(ndim: int, batch: int, seed: int = 0) -> dict[str, Job]:
         image, labels = raw, (lab > 0).astype(np.uint8) + 1
         patch = "8,64,64"
     jobs = {"supervised": finetune_job(image, labels, dense=True, ndim=ndim, patch_size=patch, **common)}
-    for method in ARMS[1:]:
-        jobs[method] = pretrain_job(unlabeled, method, ndim=ndim, patch_size=patch, **common)
+    for method in arms[1:]:
+        if method == "semi":  # labeled batch + an equal unlabeled batch, each network on both
+            jobs[method] = finetune_job(image, labels, dense=True, ndim=ndim, patch_size=patch, unlabeled=unlabeled,
+                                        **common)
+        else:
+            jobs[method] = pretrain_job(unlabeled, method, ndim=ndim, patch_size=patch, **common)
     return jobs
 
 
@@ -110,35 +115,35 @@ def step_flops(job: Job) -> int:
     return int(counter.get_total_flops())
 
 
-def run(ndim: int, rounds: int, steps: int, threads: int) -> dict[str, Any]:
+def run(ndim: int, rounds: int, steps: int, threads: int, arms: tuple[str, ...] = ARMS) -> dict[str, Any]:
     torch.set_num_threads(threads)
     batch = 8 if ndim == 2 else 2
-    jobs = build_jobs(ndim, batch)
+    jobs = build_jobs(ndim, batch, arms)
     for job in jobs.values():  # warm-up: first-call costs (allocations, lazy imports) out of the timing
         time_steps(job, 1)
-    step_times: dict[str, list[float]] = {a: [] for a in ARMS}
-    ratios: dict[str, list[float]] = {a: [] for a in ARMS}
+    step_times: dict[str, list[float]] = {a: [] for a in arms}
+    ratios: dict[str, list[float]] = {a: [] for a in arms}
     for r in range(rounds):
         medians = {}
-        for arm in ARMS:
+        for arm in arms:
             t = time_steps(jobs[arm], steps)
             step_times[arm] += t
             medians[arm] = median(t)
-        for arm in ARMS:
+        for arm in arms:
             ratios[arm].append(medians[arm] / medians["supervised"])
-        print(f"  {ndim}D, {threads} thread(s), round {r + 1}/{rounds}: " + ", ".join(f"{a} {medians[a] * 1e3:.0f} ms" for a in ARMS), flush=True)
-    prep = {a: time_prepare(jobs[a], max(3, steps)) for a in ARMS}
-    flops = {a: step_flops(jobs[a]) for a in ARMS}
-    arms = {}
-    for a in ARMS:
-        arms[a] = {"step_ms_median": median(step_times[a]) * 1e3, "step_ms_range": [v * 1e3 for v in spread(step_times[a])],
+        print(f"  {ndim}D, {threads} thread(s), round {r + 1}/{rounds}: " + ", ".join(f"{a} {medians[a] * 1e3:.0f} ms" for a in arms), flush=True)
+    prep = {a: time_prepare(jobs[a], max(3, steps)) for a in arms}
+    flops = {a: step_flops(jobs[a]) for a in arms}
+    per_arm = {}
+    for a in arms:
+        per_arm[a] = {"step_ms_median": median(step_times[a]) * 1e3, "step_ms_range": [v * 1e3 for v in spread(step_times[a])],
                    "ratio_median": median(ratios[a]), "ratio_range": list(spread(ratios[a])),
                    "prepare_ms_median": median(prep[a]) * 1e3, "gflops": flops[a] / 1e9,
                    "flops_ratio": flops[a] / flops["supervised"], "n_steps": len(step_times[a]),
                    "params": jobs[a].task.params()}
     patch = list(jobs["supervised"].info["patch"])
     return {"ndim": ndim, "threads": threads, "batch": batch, "patch": patch, "rounds": rounds,
-            "steps_per_round": steps, "arms": arms}
+            "steps_per_round": steps, "arms": per_arm}
 
 
 def table(result: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
@@ -160,9 +165,14 @@ def main() -> int:
                     help="torch thread counts to measure (default 1 2; 2 is the target machine)")
     ap.add_argument("--ndim", type=int, nargs="+", default=[2], choices=(2, 3),
                     help="2: batch 8 of 128x128 (default); 3: batch 2 of 8x64x64 on VesselNN")
+    ap.add_argument("--arms", nargs="+", default=list(ARMS[1:]), choices=ALL_ARMS[1:],
+                    help="arms besides the supervised reference (default: the four pretexts; 'semi' adds semi-supervised "
+                         "fine-tuning); results of a non-default set go to pretext_cost_<arms>.*")
     args = ap.parse_args()
+    arms = ("supervised", *[a for a in args.arms if a != "supervised"])
+    name = "pretext_cost" if set(arms) == set(ARMS) else "pretext_cost_" + "_".join(arms[1:])
     info = machine_info()
-    results = [run(nd, args.rounds, args.steps, th) for nd in args.ndim for th in args.threads]
+    results = [run(nd, args.rounds, args.steps, th, arms) for nd in args.ndim for th in args.threads]
     info["loadavg_end"] = list(__import__("os").getloadavg())
     data = {"machine": info, "results": results,
             "note": "Wall ratios are medians of per-round ratios measured in the same run; absolute times on a shared "
@@ -177,7 +187,7 @@ def main() -> int:
         print(f"\n{title}\n" + text_table(headers, rows))
         md.append(f"## {title}\n\n" + markdown_table(headers, rows) + "\n")
     md.append(data["note"])
-    print(f"\nwrote {write_json('pretext_cost', data)} and {write_text('pretext_cost.md', chr(10).join(md))}")
+    print(f"\nwrote {write_json(name, data)} and {write_text(name + '.md', chr(10).join(md))}")
     return 0
 
 

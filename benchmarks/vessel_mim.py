@@ -115,6 +115,8 @@ def run(args: argparse.Namespace, name: str = NAME) -> dict[str, Any]:
     settings = {"pretrain_steps": args.pretrain_steps, "finetune_steps": args.finetune_steps, "patch": args.patch,
                 "batch_size": args.batch_size, "base": args.base, "depth": args.depth, "mask_ratio": args.mask_ratio,
                 "lr": args.lr, "pretrain_stacks": list(PRETRAIN_STACKS)}
+    if args.ndim == 2:  # (absent for 3D, so earlier 3D results still resume)
+        settings["ndim"] = 2
     previous = read_json(name) if not args.fresh else None
     done: dict[str, Any] = previous["runs"] if previous and previous.get("settings") == settings else {}
     voxel = read_voxel_size(VESSEL / f"raw_{TRAIN_STACK}.tif")
@@ -148,7 +150,7 @@ def run(args: argparse.Namespace, name: str = NAME) -> dict[str, Any]:
             if mask is not None:
                 if (mask, channels) not in pretrained:
                     t0 = time.perf_counter()
-                    job = pretrain_job([imgs[s] for s in PRETRAIN_STACKS], "mim", ndim=3, channel_axis=ch_axis,
+                    job = pretrain_job([imgs[s] for s in PRETRAIN_STACKS], "mim", ndim=args.ndim, channel_axis=ch_axis,
                                        patch_size=patch, steps=args.pretrain_steps, batch_size=args.batch_size,
                                        lr=args.lr, base=args.base, depth=args.depth, seed=seed, device="cpu",
                                        checkpoint_every=0,
@@ -161,7 +163,7 @@ def run(args: argparse.Namespace, name: str = NAME) -> dict[str, Any]:
                                        "loss_first10": float(np.mean(loss[:10])), "loss_last10": float(np.mean(loss[-10:]))}
                 init = pretrained[(mask, channels)]
             t0 = time.perf_counter()
-            job = finetune_job(imgs[TRAIN_STACK], sparse_labels(truth01, regime), init=init, ndim=3,
+            job = finetune_job(imgs[TRAIN_STACK], sparse_labels(truth01, regime), init=init, ndim=args.ndim,
                                channel_axis=ch_axis, patch_size=patch, steps=args.finetune_steps,
                                batch_size=args.batch_size, lr=args.lr, base=args.base, depth=args.depth, seed=seed,
                                device="cpu", checkpoint_every=0)
@@ -223,13 +225,15 @@ def report(result: dict[str, Any]) -> tuple[str, list[str], list[list[Any]]]:
     m = result["machine"]
     runs = "; ".join(f"`{i['command']}` ({i['date']}, {len(i['new_runs'])} runs)"
                      for i in result.get("invocations", []) if i["new_runs"])
-    head = (f"# VesselNN: 3D MIM masking strategies → fine-tune → vessel Dice on stack {EVAL_STACK}\n\n"
+    nd = s.get("ndim", 3)
+    axes, cells = ("ZYX", "x".join(map(str, result["mask_cell_zyx"]))) if nd == 3 else ("YX", "16x16")
+    head = (f"# VesselNN: {nd}D MIM masking strategies → fine-tune → vessel Dice on stack {EVAL_STACK}\n\n"
             f"{m['cpu']} ({m['nproc']} cores, shared), torch {m['torch']}, 1 torch thread. Produced by: {runs}.\n\n"
             f"Pretraining on raw stacks {', '.join(PRETRAIN_STACKS)} ({s['pretrain_steps']} steps), fine-tuning on stack "
             f"{TRAIN_STACK} ({s['finetune_steps']} steps; 25% = planes {', '.join(map(str, FEW_PLANES))} of 15, full = all 15), "
-            f"3D U-Net base {s['base']} depth {s['depth']}, patches {s['patch']} (ZYX), batch {s['batch_size']}, "
-            f"mask ratio {s['mask_ratio']}, mask cells {'x'.join(map(str, result['mask_cell_zyx']))} from the TIFF voxel size "
-            f"{result['voxel_size_zyx_um']} µm. 2-ch = each stack plus a Gaussian-filtered (sigma 2 px in YX) copy of "
+            f"{nd}D U-Net base {s['base']} depth {s['depth']}, patches {s['patch']} ({axes}), batch {s['batch_size']}, "
+            f"mask ratio {s['mask_ratio']}, mask cells {cells} (TIFF voxel size "
+            f"{result['voxel_size_zyx_um']} µm). 2-ch = each stack plus a Gaussian-filtered (sigma 2 px in YX) copy of "
             f"itself, because VesselNN has one channel. Mean ± std over seeds; Δ is paired per seed against random init "
             f"with the same channels and labels.\n\n")
     return head, headers, rows
@@ -240,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--pretrain-steps", type=int, default=1500, help="about 5 min on one CPU thread (budget 10)")
     p.add_argument("--finetune-steps", type=int, default=600, help="about 2 min on one CPU thread (budget 3)")
+    p.add_argument("--ndim", type=int, choices=(2, 3), default=3,
+                   help="3: a 3D U-Net on ZYX patches (default); 2: a 2D U-Net on the planes (results in vessel_mim_2d)")
     p.add_argument("--patch", default="8,64,64")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--base", type=int, default=8)
@@ -255,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.pretrain_steps, args.finetune_steps, args.base, args.depth = 1, 5, 5, 4, 2
-    name = NAME + ("_quick" if args.quick else "")
+    name = NAME + ("_2d" if args.ndim == 2 else "") + ("_quick" if args.quick else "")
     result = run(args, name)
     head, headers, rows = report(result)
     print(text_table(headers, rows))

@@ -75,7 +75,8 @@ class FinetuneWidget(QWidget):
         self.preview.setChecked(True)
         self.network = NetworkOptions()
         self.unlabeled = LayerChecklist(viewer, ("image",))
-        self.unlabeled.setToolTip("Optional unlabeled images: fine-tuning also learns from them (semi-supervised)")
+        self.unlabeled.setToolTip("Optional unlabeled images: fine-tuning also learns from them (semi-supervised: two networks "
+                                  "teach each other; a step costs about 8 supervised ones on a CPU)")
         self.network.form.addRow("Semi-supervised", self.unlabeled)
         advanced = QCollapsible("Advanced")
         advanced.addWidget(self.network)
