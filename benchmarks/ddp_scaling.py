@@ -71,9 +71,9 @@ def main() -> None:
     table = [[r["ranks"], r["threads_per_rank"], f"{r['seconds_per_step']:.3f}", f"{r['patches_per_s']:.1f}",
               f"{r['patches_per_s'] / base:.2f}x"] for r in rows]
     print(text_table(headers, table))
-    write_json("ddp_scaling", {"machine": machine_info(), "device": args.device, "cuda_devices": torch.cuda.device_count(),
-                               "batch_per_rank": args.batch_size, "rows": rows})
     m = machine_info()
+    write_json("ddp_scaling", {"machine": m, "device": args.device, "cuda_devices": torch.cuda.device_count(),
+                               "batch_per_rank": args.batch_size, "rows": rows})
     write_text("ddp_scaling.md", markdown_table(headers, table) + f"\n\n`{m['command']}`; {m['date']}; {m['cpu']}, "
                f"{cores} cores; load average at start {m['loadavg_start'][0]:.1f}.\n")
 

@@ -70,11 +70,11 @@ class StallProbe:
         """Gap statistics for ticks that end within [t0, t1]."""
         ticks = np.asarray(self.ticks)
         gaps = np.diff(ticks) * 1000
-        ends = ticks[1:]
-        gaps = gaps[(ends >= t0) & (ends <= t1)]
+        inside = (ticks[1:] >= t0) & (ticks[1:] <= t1)
+        gaps, ends = gaps[inside], ticks[1:][inside]
+        at = float(ends[int(np.argmax(gaps))]) if gaps.size else float("nan")  # when the longest stall ended
         if gaps.size == 0:
             gaps = np.zeros(1)
-        at = float(ends[(ends >= t0) & (ends <= t1)][int(np.argmax(gaps))]) if ends.size and gaps.size > 1 else float("nan")
         return {"ticks": int(gaps.size), "max_stall_ms": float(max(0.0, gaps.max() - self.interval)), "max_stall_end": at,
                 "p99_gap_ms": float(np.percentile(gaps, 99)), "median_gap_ms": float(np.median(gaps)),
                 "gaps_over_target": int((gaps > self.interval + STALL_TARGET_MS).sum())}

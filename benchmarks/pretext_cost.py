@@ -169,7 +169,7 @@ def main() -> int:
                     help="arms besides the supervised reference (default: the four pretexts; 'semi' adds semi-supervised "
                          "fine-tuning); results of a non-default set go to pretext_cost_<arms>.*")
     args = ap.parse_args()
-    arms = ("supervised", *[a for a in args.arms if a != "supervised"])
+    arms = ("supervised", *args.arms)
     name = "pretext_cost" if set(arms) == set(ARMS) else "pretext_cost_" + "_".join(arms[1:])
     info = machine_info()
     results = [run(nd, args.rounds, args.steps, th, arms) for nd in args.ndim for th in args.threads]

@@ -49,6 +49,8 @@ NAME = "vessel_mim"
 PRETRAIN_STACKS, TRAIN_STACK, EVAL_STACK = ("01", "02", "03", "04"), "01", "04"
 FEW_PLANES = (1, 5, 9, 13)
 BACKGROUND, VESSEL_CLASS = 1, 2
+MASK_CELL_XY = 16  # MIM mask cell edge in YX pixels (Z follows the voxel size in 3D)
+DEFAULT_PATCH = {3: "8,64,64", 2: "128,128"}
 
 # arm name -> (pretraining mask or None, channels, label regime)
 ARMS: dict[str, tuple[str | None, int, str]] = {
@@ -121,7 +123,7 @@ def run(args: argparse.Namespace, name: str = NAME) -> dict[str, Any]:
     done: dict[str, Any] = previous["runs"] if previous and previous.get("settings") == settings else {}
     voxel = read_voxel_size(VESSEL / f"raw_{TRAIN_STACK}.tif")
     patch = tuple(int(v) for v in args.patch.split(","))
-    cell = anisotropic_cell(16, voxel)
+    cell = anisotropic_cell(MASK_CELL_XY, voxel)
     raws = {s: load(s) for s in (*PRETRAIN_STACKS, EVAL_STACK)}
     truth01 = load(TRAIN_STACK, "labels")
     truth_eval = (load(EVAL_STACK, "labels") > 0).astype(np.uint8) + 1
@@ -154,7 +156,7 @@ def run(args: argparse.Namespace, name: str = NAME) -> dict[str, Any]:
                                        patch_size=patch, steps=args.pretrain_steps, batch_size=args.batch_size,
                                        lr=args.lr, base=args.base, depth=args.depth, seed=seed, device="cpu",
                                        checkpoint_every=0,
-                                       method_params={"mask": mask, "ratio": args.mask_ratio, "patch": 16,
+                                       method_params={"mask": mask, "ratio": args.mask_ratio, "patch": MASK_CELL_XY,
                                                       "voxel_size": voxel})
                     bundle = job.run()
                     loss = bundle["history"]["loss"]
@@ -226,7 +228,7 @@ def report(result: dict[str, Any]) -> tuple[str, list[str], list[list[Any]]]:
     runs = "; ".join(f"`{i['command']}` ({i['date']}, {len(i['new_runs'])} runs)"
                      for i in result.get("invocations", []) if i["new_runs"])
     nd = s.get("ndim", 3)
-    axes, cells = ("ZYX", "x".join(map(str, result["mask_cell_zyx"]))) if nd == 3 else ("YX", "16x16")
+    axes, cells = ("ZYX", "x".join(map(str, result["mask_cell_zyx"]))) if nd == 3 else ("YX", f"{MASK_CELL_XY}x{MASK_CELL_XY}")
     head = (f"# VesselNN: {nd}D MIM masking strategies → fine-tune → vessel Dice on stack {EVAL_STACK}\n\n"
             f"{m['cpu']} ({m['nproc']} cores, shared), torch {m['torch']}, 1 torch thread. Produced by: {runs}.\n\n"
             f"Pretraining on raw stacks {', '.join(PRETRAIN_STACKS)} ({s['pretrain_steps']} steps), fine-tuning on stack "
@@ -246,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune-steps", type=int, default=600, help="about 2 min on one CPU thread (budget 3)")
     p.add_argument("--ndim", type=int, choices=(2, 3), default=3,
                    help="3: a 3D U-Net on ZYX patches (default); 2: a 2D U-Net on the planes (results in vessel_mim_2d)")
-    p.add_argument("--patch", default="8,64,64")
+    p.add_argument("--patch", default=None, help="patch size, comma list (default 8,64,64 in 3D, 128,128 in 2D)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--base", type=int, default=8)
     p.add_argument("--threads", type=int, default=1,
@@ -259,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fresh", action="store_true", help="ignore results of a previous run")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 5 steps, tiny net (results not meaningful)")
     args = p.parse_args(argv)
+    args.patch = args.patch or DEFAULT_PATCH[args.ndim]
     if args.quick:
         args.seeds, args.pretrain_steps, args.finetune_steps, args.base, args.depth = 1, 5, 5, 4, 2
     name = NAME + ("_2d" if args.ndim == 2 else "") + ("_quick" if args.quick else "")
