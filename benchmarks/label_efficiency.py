@@ -17,6 +17,10 @@ Runs can be done piecewise; results accumulate in results/label_efficiency.json 
 arm/regime/seed/settings, replaced when re-run with ``--force``), and the Markdown table and
 plot are rebuilt from all records each time. Pretrained bundles are cached in results/cache/.
 
+Diagnostics (``--recipe``): ``plain`` fine-tunes with cross-entropy only and no augmentation (the
+reference recipe of BENCHMARKS.md, to see whether a pretext's gain is absorbed by our recipe);
+``probe`` trains only the 1x1 head on frozen features (a linear probe of what the pretext learned).
+
 Example::
 
     python benchmarks/label_efficiency.py --arms random,rf,mim --regimes 1,2,5,20,scribble --seeds 0,1,2
@@ -153,6 +157,13 @@ def finetune_eval(data: dict, labels: np.ndarray, init: dict | None, seed: int, 
         init = job.run()
     unlabeled = [data["test_raw"]] if args.semi else None  # ISBI's 30 unlabeled test slices (never evaluated)
     job = finetune_job(image, labels, init=init, steps=args.steps - freeze, unlabeled=unlabeled, **common)
+    if args.recipe == "plain":
+        # the reference recipe of BENCHMARKS.md §1: cross-entropy only, no augmentation
+        job.task.augment, job.task.dice_weight = False, 0.0
+    elif args.recipe == "probe":
+        # a linear probe: only the 1x1 head learns, so the score measures the transferred features
+        for name, prm in job.model.named_parameters():
+            prm.requires_grad_(name.startswith("head."))
     bundle = job.run(callback=_printer("finetune", args.steps - freeze))
     ft_s = time.perf_counter() - t0
     t1 = time.perf_counter()
@@ -209,6 +220,8 @@ def arm_id(arm: str, args: argparse.Namespace, params: dict) -> str:
             tags.append(f"freeze={args.freeze_encoder_steps}")
     if arm != "rf" and args.lr != 1e-3:
         tags.append(f"lr={args.lr:g}")
+    if arm != "rf" and args.recipe != "ours":
+        tags.append(f"recipe={args.recipe}")
     return arm + ("+semi" if args.semi and arm != "rf" else "") + (f"[{','.join(tags)}]" if tags else "")
 
 
@@ -251,8 +264,10 @@ def _group_name(r: dict) -> str:
 
 def _baseline_name(r: dict) -> str:
     """The random-init arm with the same fine-tuning recipe (steps, learning rate)."""
-    lr = (r.get("recipe") or {}).get("lr", 1e-3)
-    return _group_name({"arm": "random" + (f"[lr={lr:g}]" if lr != 1e-3 else ""),
+    recipe = r.get("recipe") or {}
+    lr, kind = recipe.get("lr", 1e-3), recipe.get("kind", "ours")
+    tags = ([f"lr={lr:g}"] if lr != 1e-3 else []) + ([f"recipe={kind}"] if kind != "ours" else [])
+    return _group_name({"arm": "random" + (f"[{','.join(tags)}]" if tags else ""),
                         "finetune_steps": r.get("finetune_steps")})
 
 
@@ -332,7 +347,7 @@ def report(results: dict) -> None:
                   "random init with the same fine-tuning recipe.", "", markdown_table(headers, rows), "",
                   "Membrane IoU (mean over seeds):", "", markdown_table(headers, iou_rows), ""]
         if split == "test" and have_matplotlib():
-            plot(stats, RESULTS / f"{NAME}.png")
+            plot({k: v for k, v in stats.items() if "[" not in k[0]}, RESULTS / f"{NAME}.png")  # variants: tables only
             parts += [f"![label efficiency]({NAME}.png)", ""]
     write_text(f"{NAME}.md", "\n".join(parts))
 
@@ -354,6 +369,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--semi", action="store_true",
                    help="semi-supervised fine-tuning (cross pseudo supervision + contrast) with the 30 unlabeled test slices")
     p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate")
+    p.add_argument("--recipe", choices=["ours", "plain", "probe"], default="ours",
+                   help="fine-tuning: ours = CE + Dice with flips/rotations/intensity jitter; plain = CE only, no "
+                        "augmentation (the reference recipe of BENCHMARKS.md §1); probe = ours with every layer "
+                        "but the 1x1 head frozen (a linear probe of the pretrained features)")
     p.add_argument("--patch", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--base", type=int, default=16)
@@ -412,7 +431,7 @@ def main(argv: list[str] | None = None) -> None:
                     res = finetune_eval(data, labels, init, seed, args, eval_slices)
                 rec.update(res, labeled_pixels=int((labels > 0).sum()), pretrain=pre_info or None,
                            params=params.get(arm, {}) if pretext else None,
-                           recipe={"lr": args.lr, "batch": args.batch_size, "patch": args.patch, "base": args.base,
+                           recipe={"kind": args.recipe, "lr": args.lr, "batch": args.batch_size, "patch": args.patch, "base": args.base,
                                    "depth": args.depth, "freeze_encoder_steps": args.freeze_encoder_steps if pretext else 0,
                                    "transfer": args.transfer or None},
                            date=machine["date"], machine={k: machine[k] for k in ("nproc", "cpu", "torch", "torch_threads")})

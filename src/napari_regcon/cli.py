@@ -381,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="labels output: .tif, .zarr or .npy")
     p.add_argument("--probabilities", default=None, metavar="OUT", help="also write class probabilities (C, ...) here")
     p.add_argument("--crf", action="store_true",
-                   help="refine with a fully connected CRF (2D, slice by slice; GLRP's post-processing)")
+                   help="refine with a fully connected CRF (2D, slice by slice; GLRP's post-processing); for compact "
+                        "objects, not thin ones: it erases membranes")
     p.add_argument("--tile", default=None, help="tile size, e.g. 256 or 16,128,128 (default 256 in 2D)")
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (default 0.25)")
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default 4)")

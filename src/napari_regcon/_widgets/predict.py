@@ -61,9 +61,12 @@ class PredictWidget(QWidget):
         self.min_size.setSuffix(" px")
         self.min_size.setSpecialValueText("off")
         self.min_size.setToolTip("Regions smaller than this are given the class around them (0 = off)")
-        self.crf = QCheckBox("CRF refinement (sharpens edges; slower)")
+        self.crf = QCheckBox("CRF refinement (smooths along edges; slower)")
         self._crf_available = find_crf() is not None
         self.crf.setEnabled(self._crf_available)
+        self.crf.setToolTip("A fully connected CRF (GLRP's post-processing): neighbouring pixels of similar grey value "
+                            "take the same class. For compact objects (cells, mitochondria, vessels); it erases thin "
+                            "structures such as membranes (ISBI membranes: Dice 0.79 -> 0.63).")
         if not self._crf_available:
             self.crf.setToolTip("Not available: core.postprocess.crf_refine (and pydensecrf2) is not installed")
         self.tile = QLineEdit()
