@@ -1,5 +1,5 @@
 """Pure PyTorch/NumPy core of napari-regcon: no Qt, no napari."""
 
-from napari_regcon.core.errors import RegconError
+from .errors import RegconError
 
 __all__ = ["RegconError"]

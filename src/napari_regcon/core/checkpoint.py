@@ -18,8 +18,8 @@ from typing import Any, BinaryIO
 
 import torch
 
-from napari_regcon import __version__
-from napari_regcon.core.errors import RegconError
+from .. import __version__
+from .errors import RegconError
 
 FORMAT = "napari-regcon-bundle"
 VERSION = 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from napari_regcon.core.errors import RegconError
+from .errors import RegconError
 
 
 def get_device(name: str | torch.device | None = "auto") -> torch.device:

@@ -24,18 +24,18 @@ import tifffile
 import torch
 from torch import nn
 
-from napari_regcon import __version__
-from napari_regcon.core.checkpoint import (
+from .. import __version__
+from .checkpoint import (
     PACKAGE_BUNDLE,
     PACKAGE_CONFIG_KEY,
     check_writable,
     load_model_source,
     save_bundle,
 )
-from napari_regcon.core.errors import RegconError
-from napari_regcon.core.io import atomic_path, read_array
-from napari_regcon.core.models import UNetConfig
-from napari_regcon.core.volume import Volume, as_volume
+from .errors import RegconError
+from .io import atomic_path, read_array
+from .models import UNetConfig
+from .volume import Volume, as_volume
 
 WEIGHTS = "weights_torchscript.pt"
 TEST_INPUT = "test_input.npy"
@@ -254,7 +254,7 @@ def export_bioimageio(model: str | Path, out: str | Path, *, image: Any = None, 
     if cfg.ndim == 3 and not vol.is_3d:
         raise RegconError("This is a 3D model, but the test image is 2D; give it a ZYX stack.")
 
-    from napari_regcon.core.workflows import run_predict
+    from .workflows import run_predict
 
     raw = _crop(vol, cfg)
     spatial = raw.shape[1:]
@@ -294,7 +294,7 @@ def export_bioimageio(model: str | Path, out: str | Path, *, image: Any = None, 
 def _write_files(bundle: dict, model_path: Path, src: Path, raw: np.ndarray, probs: np.ndarray,
                  gain: list[float], offset: list[float]) -> float:
     """TorchScript weights, test tensors and the attached bundle; returns the weights' max. deviation."""
-    from napari_regcon.core.workflows import model_from_bundle
+    from .workflows import model_from_bundle
 
     x = raw[None]
     np.save(src / TEST_INPUT, x)

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_regcon.core.errors import RegconError
-from napari_regcon.core.models import UNet
-from napari_regcon.core.normalize import Normalization, check_finite
-from napari_regcon.core.volume import Volume
+from .errors import RegconError
+from .models import UNet
+from .normalize import Normalization, check_finite
+from .volume import Volume
 
 
 def tile_starts(size: int, tile: int, overlap: float) -> list[int]:
@@ -93,7 +93,7 @@ def iter_predict(model: UNet, volume: Volume, norm: Normalization, out_labels: A
         ``on_unit_done(u)`` is called once unit ``u`` is completely written; units in ``skip``
         (for 3D, a prefix of bands) are not recomputed or rewritten.
     """
-    from napari_regcon.core.device import get_device
+    from .device import get_device
 
     cfg = model.config
     device = get_device(device)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_regcon.core.errors import RegconError
+from .errors import RegconError
 
 EAGER_TIFF_BYTES = 512 * 2**20  # compressed TIFFs larger than this are read lazily, page by page
 IMAGE_SUFFIXES = (".tif", ".tiff", ".zarr", ".npy", ".png")
@@ -102,7 +102,7 @@ def check_chunking(arr: Any, name: str | Path = "image", min_plane: int = 32 * 3
 
 def check_output_path(path: str | Path) -> Path:
     """Validate an output path's format and writability before any long work starts."""
-    from napari_regcon.core.checkpoint import check_writable
+    from .checkpoint import check_writable
     path = Path(path)
     suffix = _suffix(path)
     if suffix not in (".tif", ".tiff", ".zarr", ".npy"):

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_regcon.core.errors import RegconError
+from .errors import RegconError
 
 IGNORE = -1
 _MAX_COORDS_PER_CLASS = 200_000

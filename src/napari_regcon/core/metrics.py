@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_regcon.core.errors import RegconError
+from .errors import RegconError
 
 
 def confusion_counts(pred: Any, truth: Any, ignore_zero: bool = False) -> dict[int, dict[str, int]]:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from napari_regcon.core.errors import RegconError
+from .errors import RegconError
 
 
 @dataclass

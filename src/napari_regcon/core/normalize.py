@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from napari_regcon.core.errors import RegconError
-from napari_regcon.core.volume import Volume
+from .errors import RegconError
+from .volume import Volume
 
 _MAX_SAMPLES_PER_PLANE = 512 * 512
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from napari_regcon.core.errors import RegconError
-from napari_regcon.core.inference import PredictEvent
-from napari_regcon.core.io import _suffix, atomic_path, close_output, create_output, create_zarr
-from napari_regcon.core.volume import as_volume
+from .errors import RegconError
+from .inference import PredictEvent
+from .io import _suffix, atomic_path, close_output, create_output, create_zarr
+from .volume import as_volume
 
 PROGRESS_KEY = "napari_regcon_progress"
 
@@ -77,7 +77,7 @@ def predict_to_files(bundle: dict, image: Any, out: str | Path, probabilities: s
     ``complete``. When ``should_stop`` ends the run early, a zarr output stays ``.partial`` (resumable)
     and TIFF/NPY outputs are not written.
     """
-    from napari_regcon.core.workflows import predict_arrays
+    from .workflows import predict_arrays
 
     out = Path(out)
     probs_path = Path(probabilities) if probabilities else None

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from napari_regcon.core.errors import RegconError
+from .errors import RegconError
 
 BACKENDS = ("auto", "densecrf", "numpy")
 
@@ -168,7 +168,7 @@ def crf_refine_into(probs: Any, image: Any, normalization: Any, out_labels: Any,
     ``class_values[argmax]`` of the refined probabilities into ``out_labels`` and, when given, the
     refined probabilities into ``out_probs``. ``image`` is a Volume (or array) and
     ``normalization`` the bundle's, so grey levels are those the model saw (0..1 -> 0..255)."""
-    from napari_regcon.core.volume import as_volume
+    from .volume import as_volume
 
     vol = as_volume(image)
     values = np.asarray(class_values)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_regcon.core.errors import RegconError
-from napari_regcon.core.labels import IGNORE, LabelSet
-from napari_regcon.core.normalize import Normalization
-from napari_regcon.core.volume import Volume
+from .errors import RegconError
+from .labels import IGNORE, LabelSet
+from .normalize import Normalization
+from .volume import Volume
 
 
 def default_patch_size(shape_zyx: tuple[int, int, int], ndim: int, multiple: int = 8,

@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_regcon.core.augment import geometric, intensity
-from napari_regcon.core.errors import RegconError
-from napari_regcon.core.labels import IGNORE
-from napari_regcon.core.models import UNet, UNetConfig, build_model
-from napari_regcon.core.pretext.base import Task
-from napari_regcon.core.supervised import sparse_dice_loss
+from .augment import geometric, intensity
+from .errors import RegconError
+from .labels import IGNORE
+from .models import UNet, UNetConfig, build_model
+from .pretext.base import Task
+from .supervised import sparse_dice_loss
 
 
 def ramp_weight(step: int, total: int, ramp: float = 0.4) -> float:

@@ -8,10 +8,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_regcon.core.augment import geometric, intensity
-from napari_regcon.core.labels import IGNORE
-from napari_regcon.core.models import UNet
-from napari_regcon.core.pretext.base import Task
+from .augment import geometric, intensity
+from .labels import IGNORE
+from .models import UNet
+from .pretext.base import Task
 
 
 def sparse_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_regcon.core import distributed
-from napari_regcon.core.device import get_device
-from napari_regcon.core.models import UNet
-from napari_regcon.core.pretext.base import Task
-from napari_regcon.core.sampling import PatchSampler
+from . import distributed
+from .device import get_device
+from .models import UNet
+from .pretext.base import Task
+from .sampling import PatchSampler
 
 
 @dataclass
@@ -121,7 +121,7 @@ def iter_train(model: UNet, task: Task, sampler: PatchSampler, config: TrainConf
     resume
         The ``training`` section of a bundle written by an interrupted run of the same setup.
     """
-    from napari_regcon.core.checkpoint import save_bundle  # local: avoid an import cycle
+    from .checkpoint import save_bundle  # local: avoid an import cycle
 
     device = get_device(config.device)
     use_amp = device.type == "cuda" if config.amp is None else (bool(config.amp) and device.type == "cuda")

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_regcon.core.errors import RegconError
+from .errors import RegconError
 
 
 @dataclass(frozen=True)

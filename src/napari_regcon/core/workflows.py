@@ -16,30 +16,30 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_regcon.core.checkpoint import make_bundle
-from napari_regcon.core.errors import RegconError
-from napari_regcon.core.inference import iter_predict
-from napari_regcon.core.labels import build_labelset
-from napari_regcon.core.models import (
+from .checkpoint import make_bundle
+from .errors import RegconError
+from .inference import iter_predict
+from .labels import build_labelset
+from .models import (
     UNet,
     UNetConfig,
     anisotropic_pool_z,
     build_model,
     transferable_state,
 )
-from napari_regcon.core.normalize import Normalization, fit_normalization
-from napari_regcon.core.pretext import get_pretext
-from napari_regcon.core.pretext.base import Task
-from napari_regcon.core.sampling import (
+from .normalize import Normalization, fit_normalization
+from .pretext import get_pretext
+from .pretext.base import Task
+from .sampling import (
     PatchSampler,
     SemiSupervisedSampler,
     check_patch_size,
     default_patch_size,
 )
-from napari_regcon.core.semisupervised import SemiSupervisedTask
-from napari_regcon.core.supervised import SupervisedTask
-from napari_regcon.core.training import Progress, TrainConfig, iter_train, seed_everything
-from napari_regcon.core.volume import Volume, as_volume
+from .semisupervised import SemiSupervisedTask
+from .supervised import SupervisedTask
+from .training import Progress, TrainConfig, iter_train, seed_everything
+from .volume import Volume, as_volume
 
 
 @dataclass

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from napari_regcon.core.errors import RegconError
-from napari_regcon.core.pretext.base import Task
-from napari_regcon.core.pretext.glrp import GLRPPretext
-from napari_regcon.core.pretext.lrc import LRCPretext
-from napari_regcon.core.pretext.mim import MIMPretext
-from napari_regcon.core.pretext.regcon import RegConPretext
+from ..errors import RegconError
+from .base import Task
+from .glrp import GLRPPretext
+from .lrc import LRCPretext
+from .mim import MIMPretext
+from .regcon import RegConPretext
 
 PRETEXTS: dict[str, type[Task]] = {MIMPretext.name: MIMPretext}
 PRETEXTS.update({cls.name: cls for cls in (RegConPretext, LRCPretext, GLRPPretext)})

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from napari_regcon.core.models import UNet
+from ..models import UNet
 
 
 class Task(nn.Module):

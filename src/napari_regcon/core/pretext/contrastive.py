@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_regcon.core.errors import RegconError
-from napari_regcon.core.models import UNet
-from napari_regcon.core.pretext.base import Task
-from napari_regcon.core.pretext.views import Views, make_views
+from ..errors import RegconError
+from ..models import UNet
+from .base import Task
+from .views import Views, make_views
 
 _NEG = -1e9
 

@@ -26,16 +26,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_regcon.core.errors import RegconError
-from napari_regcon.core.models import UNet
-from napari_regcon.core.pretext.contrastive import (
+from ..errors import RegconError
+from ..models import UNet
+from .contrastive import (
     ContrastiveTask,
     global_vectors,
     lcm,
     mlp_head,
     multi_positive_info_nce,
 )
-from napari_regcon.core.pretext.views import ViewGeometry, parent_coords
+from .views import ViewGeometry, parent_coords
 
 
 def position_masks(index: np.ndarray, z: np.ndarray, dz: float, yx: np.ndarray | None = None,

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from skimage.segmentation import felzenszwalb, slic
 
-from napari_regcon.core.errors import RegconError
-from napari_regcon.core.models import UNet
-from napari_regcon.core.pretext.contrastive import (
+from ..errors import RegconError
+from ..models import UNet
+from .contrastive import (
     ContrastiveTask,
     global_vectors,
     mlp_head,

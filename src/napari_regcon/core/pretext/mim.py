@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_regcon.core.augment import geometric
-from napari_regcon.core.errors import RegconError
-from napari_regcon.core.models import UNet
-from napari_regcon.core.pretext.base import Task
+from ..augment import geometric
+from ..errors import RegconError
+from ..models import UNet
+from .base import Task
 
 MASK_MODES = ("random", "intensity", "channel")
 

@@ -29,15 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_regcon.core.errors import RegconError
-from napari_regcon.core.models import UNet
-from napari_regcon.core.pretext.contrastive import (
+from ..errors import RegconError
+from ..models import UNet
+from .contrastive import (
     ContrastiveTask,
     mlp_head,
     multi_positive_info_nce,
     pool_regions,
 )
-from napari_regcon.core.pretext.views import align, correspondence
+from .views import align, correspondence
 
 MIN_PIXELS_PER_REGION = 16
 

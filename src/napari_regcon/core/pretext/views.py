@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
-from napari_regcon.core.augment import intensity
+from ..augment import intensity
 
 
 @dataclass(frozen=True)
