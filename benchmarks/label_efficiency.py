@@ -208,6 +208,11 @@ def rf_eval(data: dict, labels: np.ndarray, seed: int, args: argparse.Namespace,
 
 # ----------------------------------------------------------------------------- records and reports
 
+def recipe_tags(lr: float, kind: str) -> list[str]:
+    """Tags of a fine-tuning recipe that differs from the default (learning rate, loss/augmentation)."""
+    return ([f"lr={lr:g}"] if lr != 1e-3 else []) + ([f"recipe={kind}"] if kind != "ours" else [])
+
+
 def arm_id(arm: str, args: argparse.Namespace, params: dict) -> str:
     """The arm's name plus any non-default recipe choice, so variants never overwrite each other."""
     tags = []
@@ -218,10 +223,8 @@ def arm_id(arm: str, args: argparse.Namespace, params: dict) -> str:
             tags.append(f"transfer={args.transfer}")
         if args.freeze_encoder_steps:
             tags.append(f"freeze={args.freeze_encoder_steps}")
-    if arm != "rf" and args.lr != 1e-3:
-        tags.append(f"lr={args.lr:g}")
-    if arm != "rf" and args.recipe != "ours":
-        tags.append(f"recipe={args.recipe}")
+    if arm != "rf":
+        tags += recipe_tags(args.lr, args.recipe)
     return arm + ("+semi" if args.semi and arm != "rf" else "") + (f"[{','.join(tags)}]" if tags else "")
 
 
@@ -265,8 +268,7 @@ def _group_name(r: dict) -> str:
 def _baseline_name(r: dict) -> str:
     """The random-init arm with the same fine-tuning recipe (steps, learning rate)."""
     recipe = r.get("recipe") or {}
-    lr, kind = recipe.get("lr", 1e-3), recipe.get("kind", "ours")
-    tags = ([f"lr={lr:g}"] if lr != 1e-3 else []) + ([f"recipe={kind}"] if kind != "ours" else [])
+    tags = recipe_tags(recipe.get("lr", 1e-3), recipe.get("kind", "ours"))
     return _group_name({"arm": "random" + (f"[{','.join(tags)}]" if tags else ""),
                         "finetune_steps": r.get("finetune_steps")})
 
@@ -386,6 +388,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--force-pretrain", action="store_true", help="ignore cached pretrained bundles")
     p.add_argument("--report-only", action="store_true", help="only rebuild the table and plot")
     args = p.parse_args(argv)
+    if args.recipe != "ours" and (args.semi or args.freeze_encoder_steps):
+        raise SystemExit("--recipe plain/probe changes the supervised fine-tune only; it cannot be combined with "
+                         "--semi or --freeze-encoder-steps")
     torch.set_num_threads(args.threads)
 
     results = load_results()
