@@ -142,3 +142,24 @@ def test_finetune_preview_predict_correct_retrain(make_napari_viewer, qtbot, em_
 
     assert dist(again.bundle["state_dict"], model.bundle["state_dict"]) < 0.5 * dist(model.bundle["state_dict"], fresh)
     assert not notes.errors()
+
+
+def test_strokes_run_ends_by_itself_and_says_so(make_napari_viewer, qtbot, em_small):
+    """Painted strokes (not a dense slice) train with the strokes recipe, which ends once the
+    prediction stops changing; the status line tells the user, and the model is kept."""
+    raw, truth = em_small
+    viewer, w = make_widget(make_napari_viewer, raw)
+    ft = w.finetune
+    ft.classes.setText("cell, membrane")
+    labels = ft.create_labels_layer()
+    labels.data[0, ::9] = truth[0, ::9]  # every 9th row of slice 0: ~11 % of it, strokes across both classes
+    labels.refresh()
+    ft.init.select(None)
+    tiny(ft, steps=2000, patch="64")
+    ft.network.base.setValue(8)
+    run(qtbot, ft, timeout=120_000)
+    entry = w.session.latest("segmentation")
+    assert entry is not None
+    steps = entry.bundle["training"]["step"]
+    assert steps < 2000 and entry.bundle["data"]["recipe"]["name"] == "strokes"
+    assert "ended by itself" in ft.status.message and "prediction stopped changing" in ft.status.message

@@ -73,6 +73,9 @@ def _progress(desc: str, quiet: bool) -> Callable[[Any], None]:
             bar.set_postfix(loss=f"{ev.loss:.4f}", refresh=False)
         if getattr(ev, "event", "") in ("done", "cancelled") or getattr(ev, "done", -1) == ev.total:
             bar.close()
+            if getattr(ev, "reason", "") == "stable":
+                print(f"{desc}: ended by itself after {ev.step} of {ev.total} steps: the prediction stopped "
+                      "changing (--recipe dense trains every step)", file=sys.stderr)
     return cb
 
 
@@ -135,7 +138,8 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
     job = pretrain_job(images, a.method, ndim=a.ndim, channel_axis=a.channel_axis, patch_size=a.patch_size,
                        steps=a.steps, batch_size=a.batch_size, lr=a.lr, base=a.base, depth=a.depth, seed=a.seed,
                        device=a.device, method_params=params, resume=resume,
-                       checkpoint_every=a.checkpoint_every, sources=[str(p) for p in a.images])
+                       checkpoint_every=a.checkpoint_every, sources=[str(p) for p in a.images],
+                       precision=a.precision)
     if a.method == "mim" and not a.quiet:
         voxel = params.get("voxel_size")
         where = f"voxel size (z, y, x) {' x '.join(f'{v:g}' for v in voxel)} from {a.images[0]}; " if voxel else ""
@@ -161,7 +165,12 @@ def cmd_finetune(a: argparse.Namespace) -> int:
     job = finetune_job(image, labels, init=init, dense=a.dense, ndim=a.ndim, channel_axis=a.channel_axis,
                        patch_size=a.patch_size, steps=a.steps, batch_size=a.batch_size, lr=a.lr, base=a.base,
                        depth=a.depth, seed=a.seed, device=a.device, class_names=names, resume=resume,
-                       checkpoint_every=a.checkpoint_every, unlabeled=unlabeled, sources=[a.image, a.labels])
+                       checkpoint_every=a.checkpoint_every, unlabeled=unlabeled, sources=[a.image, a.labels],
+                       recipe=a.recipe, precision=a.precision)
+    if not a.quiet:
+        print(f"fine-tune: recipe '{job.info['recipe'].name}'"
+              + (" (ends by itself when the prediction stops changing)" if job.config.stop_when_stable else ""),
+              file=sys.stderr)
     _run_job(job, a.out, "fine-tune", a.quiet)
     _done(f"segmentation bundle written to {a.out}")
     return 0
@@ -314,6 +323,8 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 def _add_common_training(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument("--steps", type=int, default=steps, help=f"optimisation steps (default {steps})")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="arithmetic: auto (default) = bf16 on CPUs with bf16 units, fp16/bf16 on CUDA, else fp32")
     p.add_argument("--patch-size", default=None, help="patch size: 128 (YX) or 16,64,64 (ZYX); default fits the image")
     p.add_argument("--ndim", type=int, choices=(2, 3), default=2, help="2: slice-wise model (EM default); 3: volumetric")
     p.add_argument("--channel-axis", type=int, default=None, help="axis of the channels in a multi-channel image")
@@ -371,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dense", action="store_true", help="labels are a full mask: 0 is a class (background)")
     p.add_argument("--unlabeled", nargs="*", default=None, metavar="IMAGE", help="unlabeled images for semi-supervised training")
     p.add_argument("--class-names", default=None, help="comma-separated names of the classes, in increasing label value")
+    p.add_argument("--recipe", default="auto", choices=("auto", "strokes", "dense"),
+                   help="auto (default): 'strokes' when under 30%% of the painted planes is annotated (balanced loss, "
+                        "edge-aware smoothness, averaged weights, stops when the prediction stops changing), else 'dense'")
     _add_common_training(p, 400)
     p.set_defaults(func=cmd_finetune)
 

@@ -240,7 +240,8 @@ class FinetuneWidget(QWidget):
             verb = "retrained" if run and run["start_kind"] == "segmentation" else "fine-tuned"
             name = f"{verb} on {img_name}, {steps} steps" + (" (stopped)" if upd.cancelled else "")
             self.session.add(ModelEntry(name, bundle))
-            self.status.message = ("Stopped early; " if upd.cancelled else "Done; ") + \
+            ended = f"Done ({upd.message}); " if upd.message else "Done; "
+            self.status.message = ("Stopped early; " if upd.cancelled else ended) + \
                 "the model is ready in Predict (Save… there keeps it in a file)."
             show_info(f"Fine-tuning {'stopped' if upd.cancelled else 'finished'}: {name}.")
             self.done.emit()

@@ -159,6 +159,7 @@ def _relay(job: Job, stop: threading.Event, extra: Callable[[], Update | None] |
     pending: list[tuple[int, float]] = []
     last = 0.0
     cancelled = False
+    message = ""
     ev = None
     while True:
         try:
@@ -180,6 +181,9 @@ def _relay(job: Job, stop: threading.Event, extra: Callable[[], Update | None] |
                     yield upd
         elif ev.event == "cancelled":
             cancelled = True
+        elif ev.event == "done" and ev.reason == "stable":
+            message = (f"ended by itself after {ev.step} of {ev.total} steps: the prediction stopped changing "
+                       "(raise Steps or train again for more)")
     if pending and ev is not None:
         step, loss = pending[-1]
         yield StepUpdate(step, job.config.steps, loss, 0.0, pending)
@@ -187,7 +191,7 @@ def _relay(job: Job, stop: threading.Event, extra: Callable[[], Update | None] |
         upd = extra(force=True)  # the finished model on the plane in view, however short the run
         if upd is not None:
             yield upd
-    yield Finished(bundle, cancelled=cancelled)
+    yield Finished(bundle, cancelled=cancelled, message=message)
 
 
 def _guarded(body: Iterator[Update], device: str) -> Iterator[Update]:
@@ -288,6 +292,10 @@ class _Previewer:
         z, labels = predict_plane(bundle, self.image, self.params.channel_axis, self.plane.get(),
                                   self.depth, self.params.device)
         cost = time.monotonic() - now
+        if not force and len(np.unique(labels)) < 2:
+            # a one-class wash says nothing yet (the first steps): look again soon instead
+            self.next_at = time.monotonic() + max(1.0, 9 * cost)
+            return None
         # never spend more than ~10% of the run on previews, however large the plane
         self.next_at = time.monotonic() + max(self.params.preview_every, 9 * cost)
         return PreviewUpdate(z, labels)

@@ -26,6 +26,7 @@ class LabelSet:
     dense: bool = False
     class_values: list[int] = field(default_factory=list)
     coords: dict[int, np.ndarray] = field(default_factory=dict)  # class index -> (N, 3) zyx
+    painted_fraction: float = 1.0  # annotated share of the planes that carry any annotation
 
     @property
     def n_classes(self) -> int:
@@ -67,9 +68,11 @@ def build_labelset(labels: Any, spatial_shape: tuple[int, ...], dense: bool = Fa
     planes = shape[0] if len(shape) == 3 else 1
     per_value: dict[int, list[np.ndarray]] = {}
     counts: dict[int, int] = {}
+    painted_planes = 0
     for zi in range(planes):
         plane = np.asarray(labels[zi] if len(shape) == 3 else labels)
         values, cnt = np.unique(plane, return_counts=True)
+        painted_planes += int(dense or bool(values.any()))
         for v, n in zip(values.tolist(), cnt.tolist()):
             if not dense and v == 0:
                 continue
@@ -93,4 +96,6 @@ def build_labelset(labels: Any, spatial_shape: tuple[int, ...], dense: bool = Fa
         if len(c) > _MAX_COORDS_PER_CLASS:
             c = c[rng.choice(len(c), _MAX_COORDS_PER_CLASS, replace=False)]
         coords[idx] = c
-    return LabelSet(labels, dense, [int(v) for v in values], coords)
+    plane_size = int(np.prod(shape[-2:]))
+    fraction = sum(counts.values()) / max(1, painted_planes * plane_size)
+    return LabelSet(labels, dense, [int(v) for v in values], coords, float(fraction))

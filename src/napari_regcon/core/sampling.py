@@ -53,8 +53,10 @@ class PatchSampler:
     """
 
     def __init__(self, volumes: list[Volume], norm: Normalization, patch_size: tuple[int, ...],
-                 labels: list[LabelSet | None] | None = None, seed: int = 0) -> None:
+                 labels: list[LabelSet | None] | None = None, seed: int = 0,
+                 uniform_fraction: float = 0.0) -> None:
         self.volumes = volumes
+        self.uniform_fraction = float(uniform_fraction)  # labeled sampling: share of patches drawn anywhere
         self.norm = norm
         self.patch = tuple(int(p) for p in patch_size)
         self.ndim = len(self.patch)
@@ -114,7 +116,10 @@ class PatchSampler:
                 start = self._start_neighbour(i, tuple(origins[n - n % group]), max_dz)
             elif self._labeled:
                 i = int(self.rng.choice(self._labeled))
-                start = self._start_near(self.labels[i], self.volumes[i].shape[1:])
+                if self.uniform_fraction > 0 and self.rng.random() < self.uniform_fraction:
+                    start = self._start_uniform(self.volumes[i].shape[1:])  # unpainted context
+                else:
+                    start = self._start_near(self.labels[i], self.volumes[i].shape[1:])
             else:
                 i = int(self.rng.choice(len(self.volumes), p=self._p_volume))
                 start = self._start_uniform(self.volumes[i].shape[1:])

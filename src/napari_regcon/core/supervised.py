@@ -1,4 +1,11 @@
-"""The supervised objective for fine-tuning: cross-entropy + soft Dice on annotated pixels only."""
+"""The supervised objective for fine-tuning: cross-entropy + soft Dice on annotated pixels only.
+
+For sparse strokes two additions matter (measured in benchmarks/annotation_loop.py):
+class-balanced cross-entropy, so a class painted with fewer pixels still counts as much, and a
+consistency term on the *unpainted* pixels of each patch (FixMatch-style, the pixel-level
+cross-supervision of the semi-supervised paper with one network): the prediction of a weakly
+augmented view, where confident, is the target of a strongly augmented view of the same patch.
+"""
 
 from __future__ import annotations
 
@@ -26,18 +33,78 @@ def sparse_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.
     return 1 - ((2 * inter + eps) / (denom + eps)).mean()
 
 
+def balanced_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over the classes present of each class's mean cross-entropy (annotated pixels only)."""
+    per_pixel = F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="none")
+    losses = [per_pixel[target == c].mean() for c in range(logits.shape[1]) if (target == c).any()]
+    return torch.stack(losses).mean()
+
+
+def consistency_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor,
+                     threshold: float) -> tuple[torch.Tensor, float]:
+    """Cross-entropy of ``student`` logits to the confident argmax of ``teacher`` on unpainted pixels.
+
+    Returns the loss (mean over all unpainted pixels, so few confident pixels give a small pull)
+    and the fraction of unpainted pixels that were confident.
+    """
+    prob = teacher.detach().float().softmax(1)
+    conf, pseudo = prob.max(1)
+    unpainted = target == IGNORE
+    mask = (conf >= threshold) & unpainted
+    n_unpainted = int(unpainted.sum())
+    if n_unpainted == 0:
+        return student.sum() * 0.0, 0.0
+    per_pixel = F.cross_entropy(student, pseudo, reduction="none")
+    return (per_pixel * mask).sum() / n_unpainted, float(mask.sum()) / n_unpainted
+
+
+def edge_aware_smoothness(logits: torch.Tensor, image: torch.Tensor, radius: int = 2, dilation: int = 1,
+                          sigma_intensity: float = 0.1) -> torch.Tensor:
+    """A regularised loss for scribbles (Tang et al. 2018, "On regularized losses for weakly-
+    supervised CNN segmentation"): neighbours of similar intensity should share a class.
+
+    Mean over pixel pairs within a (2 ``radius`` + 1)² window (spaced by ``dilation``) in each
+    plane of ``w_ij (1 - p_i . p_j)``, with ``w_ij = exp(-|I_i - I_j|² / 2 sigma²)`` from the
+    mean intensity of the input channels. Class boundaries are pulled onto intensity edges, so
+    the unpainted band between a stroke and the object's edge takes the class of its side.
+    """
+    prob = logits.float().softmax(1)
+    intensity_map = image.float().mean(1, keepdim=True)
+    if prob.ndim == 5:  # 3D: in-plane neighbours only (stacks are anisotropic)
+        b, c, z, h, w = prob.shape
+        prob = prob.permute(0, 2, 1, 3, 4).reshape(b * z, c, h, w)
+        intensity_map = intensity_map.permute(0, 2, 1, 3, 4).reshape(b * z, 1, h, w)
+    k = 2 * radius + 1
+    pad = radius * dilation
+    unfold = torch.nn.Unfold(kernel_size=k, dilation=dilation, padding=pad)
+    n, c, h, w = prob.shape
+    p_nb = unfold(prob).view(n, c, k * k, h, w)
+    i_nb = unfold(intensity_map).view(n, 1, k * k, h, w)
+    ones = unfold(torch.ones_like(intensity_map)).view(n, 1, k * k, h, w)  # 0 where the window leaves the patch
+    weight = torch.exp(-((i_nb - intensity_map.unsqueeze(2)) ** 2) / (2 * sigma_intensity ** 2)) * ones
+    agree = (p_nb * prob.unsqueeze(2)).sum(1, keepdim=True)
+    return (weight * (1 - agree)).sum() / weight.sum().clamp_min(1.0)
+
+
 class SupervisedTask(Task):
-    """Fine-tuning on labels: CE (ignoring unannotated pixels) + soft Dice."""
+    """Fine-tuning on labels: CE (ignoring unannotated pixels) + soft Dice, optionally balanced CE
+    and consistency on the unannotated pixels."""
 
     name = "supervised"
     kind = "segmentation"
     description = "Fine-tune on painted labels."
 
-    def __init__(self, n_classes: int, dice_weight: float = 1.0, augment: bool = True) -> None:
+    def __init__(self, n_classes: int, dice_weight: float = 1.0, augment: bool = True,
+                 balanced: bool = False, consistency: float = 0.0, threshold: float = 0.9,
+                 smoothness: float = 0.0) -> None:
         super().__init__()
         self.n_classes = int(n_classes)
         self.dice_weight = float(dice_weight)
         self.augment = augment
+        self.balanced = bool(balanced)
+        self.consistency = float(consistency)
+        self.threshold = float(threshold)
+        self.smoothness = float(smoothness)
 
     def out_channels(self, in_channels: int) -> int:
         return self.n_classes
@@ -46,8 +113,15 @@ class SupervisedTask(Task):
         image, target = batch["image"], batch["target"]
         if self.augment:
             image, target = geometric(image, target, rng)
-            image = intensity(image, rng)
-        return {"input": torch.from_numpy(image), "target": torch.from_numpy(target)}
+        out = {"target": torch.from_numpy(target)}
+        if self.consistency > 0:
+            # the weak view is the geometrically augmented patch; the strong one adds intensity
+            # jitter twice as strong, so the network must agree with itself under appearance change
+            out["input_weak"] = torch.from_numpy(np.ascontiguousarray(image))
+            out["input"] = torch.from_numpy(intensity(image, rng, strength=2.0))
+        else:
+            out["input"] = torch.from_numpy(intensity(image, rng) if self.augment else image)
+        return out
 
     def loss(self, model: UNet, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         logits = model(batch["input"]).float()
@@ -55,9 +129,25 @@ class SupervisedTask(Task):
         if not (target != IGNORE).any():
             zero = logits.sum() * 0.0
             return zero, {"ce": 0.0, "dice": 0.0}
-        ce = F.cross_entropy(logits, target, ignore_index=IGNORE)
-        dice = sparse_dice_loss(logits, target)
-        return ce + self.dice_weight * dice, {"ce": float(ce.detach()), "dice": float(dice.detach())}
+        if self.balanced:
+            ce = balanced_cross_entropy(logits, target)
+        else:
+            ce = F.cross_entropy(logits, target, ignore_index=IGNORE)
+        dice = sparse_dice_loss(logits, target) if self.dice_weight else logits.sum() * 0.0
+        total = ce + self.dice_weight * dice
+        logs = {"ce": float(ce.detach()), "dice": float(dice.detach())}
+        if self.smoothness > 0:
+            smooth = edge_aware_smoothness(logits, batch.get("input_weak", batch["input"]))
+            total = total + self.smoothness * smooth
+            logs["smoothness"] = float(smooth.detach())
+        if self.consistency > 0 and "input_weak" in batch:
+            with torch.no_grad():
+                teacher = model(batch["input_weak"])
+            cons, frac = consistency_loss(logits, teacher, target, self.threshold)
+            total = total + self.consistency * cons
+            logs.update(consistency=float(cons.detach()), confident=frac)
+        return total, logs
 
     def params(self) -> dict[str, Any]:
-        return {"dice_weight": self.dice_weight}
+        return {"dice_weight": self.dice_weight, "balanced": self.balanced, "consistency": self.consistency,
+                "threshold": self.threshold, "smoothness": self.smoothness}

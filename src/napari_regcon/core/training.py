@@ -8,7 +8,6 @@ the step count, optimiser, loss history and random state of the interrupted run.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Generator
@@ -22,6 +21,7 @@ import torch
 from . import distributed
 from .device import get_device
 from .models import UNet
+from .precision import autocast_factory, precision_name, resolve_precision
 from .pretext.base import Task
 from .sampling import PatchSampler
 
@@ -38,8 +38,16 @@ class TrainConfig:
     min_lr_ratio: float = 0.01
     seed: int = 0
     device: str = "auto"
-    amp: bool | None = None
+    amp: bool | None = None  # deprecated switch: False forces fp32, True the device's mixed precision
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (core.precision)
     checkpoint_every: int = 100
+    ema: float = 0.0  # > 0: keep an exponential moving average of the weights and return it
+    ema_warmup: bool = True  # False: the average starts at the initial weights at full decay (continuing a model)
+    stop_when_stable: bool = False  # end early once the prediction of a probe batch stops changing
+    stable_every: int = 20
+    stable_tol: float = 0.005  # fraction of probe pixels whose class changed since the last check
+    stable_patience: int = 2
+    min_steps: int = 60
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,6 +70,8 @@ class Progress:
     logs: dict[str, float] = field(default_factory=dict)
     path: str | None = None
     device: str = ""
+    reason: str = ""  # for ``done``: "steps" (all steps run) or "stable" (the prediction stopped changing)
+    changed: float = float("nan")  # fraction of probe pixels whose class changed at the last check
 
 
 BundleFn = Callable[[UNet, dict[str, list], dict[str, Any]], dict[str, Any]]
@@ -74,6 +84,75 @@ def lr_factor(step: int, total: int, warmup: float, min_ratio: float) -> float:
         return (step + 1) / w
     t = (step - w) / max(1, total - w)
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+class StabilityProbe:
+    """Decides when more steps stop helping: the class map of a fixed probe batch stops changing.
+
+    Every ``every`` steps the model predicts the probe; once fewer than ``tol`` of its pixels
+    changed class for ``patience`` checks in a row (and at least ``min_steps`` ran), it is stable.
+    """
+
+    def __init__(self, images: torch.Tensor, every: int, tol: float, patience: int, min_steps: int) -> None:
+        self.images, self.every, self.tol = images, max(1, every), tol
+        self.patience, self.min_steps = patience, min_steps
+        self.previous: torch.Tensor | None = None
+        self.calm = 0
+        self.changed = float("nan")
+
+    def check(self, model: torch.nn.Module, step: int, autocast: Callable) -> bool:
+        """Predict the probe at check steps; True when the run may end."""
+        if step % self.every:
+            return False
+        was_training = model.training
+        model.eval()
+        with torch.no_grad(), autocast():
+            current = model(self.images).argmax(1)
+        model.train(was_training)
+        if self.previous is not None:
+            self.changed = float((current != self.previous).float().mean())
+            self.calm = self.calm + 1 if self.changed < self.tol else 0
+        self.previous = current
+        return step >= self.min_steps and self.calm >= self.patience
+
+
+class WeightAverage:
+    """Exponential moving average of a model's weights with a warm-up of the decay.
+
+    The decay at update ``n`` is ``min(decay, (1 + n) / (10 + n))``, so early updates follow the
+    model closely and the average never keeps much of the random initialisation (a fixed decay
+    would keep ``decay ** n`` of it, a third after 100 steps at 0.99). Without ``warmup`` the
+    full decay applies from the start: continuing a trained model, the average keeps
+    ``decay ** n`` of it, so a correction round cannot wander far from what the last round learned.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float, warmup: bool = True) -> None:
+        import copy
+
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay, self.n = float(decay), 0 if warmup else 10**9
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        """Move the average toward the model's current weights."""
+        d = min(self.decay, (1 + self.n) / (10 + self.n))
+        self.n += 1
+        for a, b in zip(self.module.state_dict().values(), model.state_dict().values()):
+            if a.is_floating_point():
+                a.lerp_(b, 1 - d)
+            else:
+                a.copy_(b)
+
+
+def _probe_batch(sampler: PatchSampler, size: int = 4) -> np.ndarray:
+    """A fixed batch of patches for :class:`StabilityProbe`, drawn without moving the sampler's stream."""
+    state = sampler.rng.bit_generator.state
+    try:
+        return sampler.sample(size)["image"]
+    finally:
+        sampler.rng.bit_generator.state = state
 
 
 def seed_everything(seed: int) -> None:
@@ -90,16 +169,6 @@ class _LossModule(torch.nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         return self.task.loss(self.model, batch)
-
-
-class _Autocast:
-    def __init__(self, device: torch.device, enabled: bool) -> None:
-        self.device, self.enabled = device, enabled
-
-    def __call__(self):
-        if self.enabled:
-            return torch.autocast(device_type=self.device.type, dtype=torch.float16)
-        return contextlib.nullcontext()
 
 
 def iter_train(model: UNet, task: Task, sampler: PatchSampler, config: TrainConfig, *,
@@ -124,8 +193,9 @@ def iter_train(model: UNet, task: Task, sampler: PatchSampler, config: TrainConf
     from .checkpoint import save_bundle  # local: avoid an import cycle
 
     device = get_device(config.device)
-    use_amp = device.type == "cuda" if config.amp is None else (bool(config.amp) and device.type == "cuda")
-    autocast = _Autocast(device, use_amp)
+    dtype = resolve_precision("fp32" if config.amp is False else config.precision, device)
+    autocast = autocast_factory(device, dtype)
+    use_amp = dtype == torch.float16  # only fp16 needs loss scaling
     model.to(device)
     bind = getattr(task, "bind", None)  # tasks whose heads are sized by the network build them now
     if bind is not None:
@@ -172,9 +242,16 @@ def iter_train(model: UNet, task: Task, sampler: PatchSampler, config: TrainConf
     def final() -> dict | None:
         return None if bundle_fn is None else bundle_fn(model, history, state())
 
+    ema = WeightAverage(model, config.ema, config.ema_warmup) if config.ema > 0 else None
+    probe = None
+    if config.stop_when_stable:
+        probe = StabilityProbe(torch.from_numpy(_probe_batch(sampler)).to(device), config.stable_every,
+                               config.stable_tol, config.stable_patience, config.min_steps)
+    reason = "steps"
+
     t0 = time.perf_counter()
     done_at_start = step
-    yield Progress("start", step, config.steps, device=str(device))
+    yield Progress("start", step, config.steps, device=f"{device} {precision_name(dtype)}")
     model.train()
     task.train()
     while step < config.steps:
@@ -194,22 +271,31 @@ def iter_train(model: UNet, task: Task, sampler: PatchSampler, config: TrainConf
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if ema is not None:
+            ema.update(model)
         step += 1
         value = distributed.mean_across_ranks(float(loss.detach()), device)
         history["step"].append(step)
         history["loss"].append(value)
         elapsed = time.perf_counter() - t0
         eta = elapsed / (step - done_at_start) * (config.steps - step)
-        yield Progress("step", step, config.steps, value, optimizer.param_groups[0]["lr"], elapsed, eta, logs)
+        stable = probe is not None and probe.check(ema.module if ema is not None else model, step, autocast)
+        yield Progress("step", step, config.steps, value, optimizer.param_groups[0]["lr"], elapsed, eta, logs,
+                       changed=probe.changed if probe is not None else float("nan"))
+        if stable:
+            reason = "stable"
+            break
         if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
             path = checkpoint()
             if path:
                 yield Progress("checkpoint", step, config.steps, value, elapsed=elapsed, path=path)
     model.eval()
+    if ema is not None:
+        model.load_state_dict(ema.module.state_dict())  # the averaged weights are the result
     result = final()
     path = checkpoint(result)
     yield Progress("done", step, config.steps, history["loss"][-1] if history["loss"] else float("nan"),
-                   elapsed=time.perf_counter() - t0, path=path)
+                   elapsed=time.perf_counter() - t0, path=path, reason=reason)
     return result
 
 

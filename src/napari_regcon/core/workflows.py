@@ -30,6 +30,7 @@ from .models import (
 from .normalize import Normalization, fit_normalization
 from .pretext import get_pretext
 from .pretext.base import Task
+from .recipes import Recipe, choose_recipe
 from .sampling import (
     PatchSampler,
     SemiSupervisedSampler,
@@ -137,7 +138,7 @@ def pretrain_job(images: Sequence[Any], method: str = "mim", *, ndim: int = 2, c
                  patch_size: Any = None, steps: int = 1000, batch_size: int = 8, lr: float = 1e-3,
                  base: int = 16, depth: int = 3, seed: int = 0, device: str = "auto",
                  method_params: dict | None = None, resume: dict | None = None,
-                 checkpoint_every: int = 100, sources: list[str] | None = None) -> Job:
+                 checkpoint_every: int = 100, sources: list[str] | None = None, precision: str = "auto") -> Job:
     """Build a self-supervised pretraining job on unlabeled ``images``."""
     if not images:
         raise RegconError("Give at least one image to pretrain on.")
@@ -153,7 +154,8 @@ def pretrain_job(images: Sequence[Any], method: str = "mim", *, ndim: int = 2, c
     if resume is not None:
         model.load_state_dict(resume["state_dict"])
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                         weight_decay=0.05 if method == "mim" else 1e-4, checkpoint_every=checkpoint_every)
+                         weight_decay=0.05 if method == "mim" else 1e-4, checkpoint_every=checkpoint_every,
+                         precision=precision)
     sampler = PatchSampler(vols, norm, patch, seed=seed)
 
     def bundle_fn(m: UNet, history: dict, state: dict) -> dict:
@@ -172,13 +174,17 @@ def finetune_job(image: Any, labels: Any, *, init: dict | None = None, dense: bo
                  batch_size: int = 8, lr: float = 1e-3, base: int = 16, depth: int = 3, seed: int = 0,
                  device: str = "auto", class_names: Sequence[str] | None = None, resume: dict | None = None,
                  checkpoint_every: int = 100, unlabeled: Sequence[Any] | None = None,
-                 sources: list[str] | None = None, semi_params: dict | None = None) -> Job:
+                 sources: list[str] | None = None, semi_params: dict | None = None,
+                 recipe: str | Recipe | None = "auto", recipe_params: dict | None = None,
+                 precision: str = "auto") -> Job:
     """Build a fine-tuning job on ``labels`` (sparse: 0 = not annotated; ``dense``: 0 = a class).
 
     ``init`` is a bundle (pretrained or segmentation) whose architecture and transferable
     weights start the network; without it ``ndim``, ``base`` and ``depth`` define a fresh one.
     With ``unlabeled`` images the job is semi-supervised (:class:`SemiSupervisedTask`, options in
     ``semi_params``); their unannotated patches and the labeled image's are the unlabeled pool.
+    ``recipe`` (:mod:`~napari_regcon.core.recipes`: ``auto``, ``strokes``, ``dense``) fits loss,
+    sampling and stopping to the labels; ``auto`` picks ``strokes`` for sparse painting.
     """
     if init is not None:
         icfg = UNetConfig.from_dict(init["model"])
@@ -208,8 +214,16 @@ def finetune_job(image: Any, labels: Any, *, init: dict | None = None, dense: bo
     elif init is not None:
         load_init(model, init)
         pretext_info = dict(init.get("pretext", {}))
+    chosen = choose_recipe(recipe, labelset, **(recipe_params or {}))
+    lr = chosen.lr if chosen.lr is not None else lr
+    ema, ema_warmup = chosen.ema, True
+    if init is not None and init["kind"] == "segmentation" and resume is None:
+        lr *= chosen.retrain_lr_scale  # continuing a model: a gentler step keeps what it learned
+        if chosen.retrain_ema:
+            ema, ema_warmup = chosen.retrain_ema, False
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                         checkpoint_every=checkpoint_every)
+                         checkpoint_every=checkpoint_every, ema=ema, ema_warmup=ema_warmup,
+                         stop_when_stable=chosen.stop_when_stable, precision=precision)
     task: Task
     if vols_u:
         try:
@@ -219,20 +233,24 @@ def finetune_job(image: Any, labels: Any, *, init: dict | None = None, dense: bo
         if init is not None and resume is None and task.net2_init == "same":
             load_init(task.net2, init)
         sampler: PatchSampler = SemiSupervisedSampler([vol], norm, patch, [labelset], [vol, *vols_u], seed=seed)
+        sampler.uniform_fraction = 0.0  # the unlabeled stream already covers the stack
         pretext_info["finetune"] = {"method": task.name, "params": task.params(), "unlabeled_images": len(vols_u)}
     else:
-        task = SupervisedTask(labelset.n_classes)
-        sampler = PatchSampler([vol], norm, patch, labels=[labelset], seed=seed)
+        task = SupervisedTask(labelset.n_classes, **chosen.task_params())
+        sampler = PatchSampler([vol], norm, patch, labels=[labelset], seed=seed,
+                               uniform_fraction=chosen.uniform_fraction)
     names = list(class_names) if class_names else [f"class {v}" for v in labelset.class_values]
     classes = {"values": labelset.class_values, "names": names, "dense": dense}
 
     def bundle_fn(m: UNet, history: dict, state: dict) -> dict:
         return make_bundle("segmentation", cfg.to_dict(), m.state_dict(), norm.to_dict(), classes=classes,
                            pretext=pretext_info, history=history, training=state,
-                           data={"patch_size": list(patch), "channel_axis": channel_axis, "sources": sources or []})
+                           data={"patch_size": list(patch), "channel_axis": channel_axis, "sources": sources or [],
+                                 "recipe": chosen.to_dict()})
 
     return Job(model, task, sampler, config, bundle_fn, resume["training"] if resume else None,
-               {"patch": patch, "normalization": norm, "classes": classes, "labelset": labelset})
+               {"patch": patch, "normalization": norm, "classes": classes, "labelset": labelset,
+                "recipe": chosen})
 
 
 def load_init(model: UNet, init: dict) -> list[str]:

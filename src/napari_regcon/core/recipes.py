@@ -1,0 +1,69 @@
+"""Fine-tuning recipes: how the loss, the patch sampling and the stopping rule fit the labels.
+
+Painted strokes cover ~1 % of a slice; a dense mask covers all of it. The two need different
+training (measured in benchmarks/annotation_loop.py): for strokes, class-balanced loss,
+consistency on the unpainted pixels, patches from the whole stack, an averaged model and a run
+that ends once the prediction stops changing. ``auto`` picks by the painted fraction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from .errors import RegconError
+from .labels import LabelSet
+
+#: below this share of annotated pixels (over the annotated planes) labels count as strokes
+SPARSE_FRACTION = 0.3
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Settings of one fine-tuning recipe (loss, sampling, weight averaging, stopping)."""
+
+    name: str = "dense"
+    dice_weight: float = 1.0
+    balanced: bool = False
+    consistency: float = 0.0
+    threshold: float = 0.9
+    smoothness: float = 0.0
+    uniform_fraction: float = 0.0
+    ema: float = 0.0
+    stop_when_stable: bool = False
+    lr: float | None = None  # None: the job's learning rate
+    retrain_lr_scale: float = 1.0  # a run that continues a segmentation model scales its lr by this
+    retrain_ema: float = 0.0  # > 0: continuing a model, average the weights from it at this decay
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def task_params(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`~napari_regcon.core.supervised.SupervisedTask`."""
+        return {"dice_weight": self.dice_weight, "balanced": self.balanced, "consistency": self.consistency,
+                "threshold": self.threshold, "smoothness": self.smoothness}
+
+
+RECIPES: dict[str, Recipe] = {
+    "dense": Recipe(),
+    "strokes": Recipe(name="strokes", dice_weight=0.0, balanced=True, smoothness=3.0, uniform_fraction=0.5,
+                      ema=0.99, stop_when_stable=True, retrain_lr_scale=0.5, retrain_ema=0.995),
+}
+
+
+def choose_recipe(name: str | Recipe | None, labels: LabelSet, **overrides: Any) -> Recipe:
+    """The recipe ``name`` (``auto``/None: ``strokes`` for sparse labels, else ``dense``), with overrides."""
+    if isinstance(name, Recipe):
+        recipe = name
+    else:
+        key = (name or "auto").lower()
+        if key == "auto":
+            key = "strokes" if labels.painted_fraction < SPARSE_FRACTION else "dense"
+        if key not in RECIPES:
+            raise RegconError(f"Unknown fine-tuning recipe {name!r}: use auto, {', '.join(RECIPES)}.")
+        recipe = RECIPES[key]
+    known = {k: v for k, v in overrides.items() if v is not None}
+    bad = sorted(set(known) - set(Recipe.__dataclass_fields__))
+    if bad:
+        raise RegconError(f"Unknown recipe setting(s) {', '.join(bad)}; known: {', '.join(Recipe.__dataclass_fields__)}.")
+    return replace(recipe, **known) if known else recipe

@@ -1,0 +1,131 @@
+"""The fine-tuning recipe for painted strokes: its losses do what they claim, it is chosen for sparse
+labels, it ends by itself when the prediction stops changing, and a correction round continues
+the model it was given."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_regcon.core.errors import RegconError
+from napari_regcon.core.labels import IGNORE, build_labelset
+from napari_regcon.core.metrics import dice
+from napari_regcon.core.precision import resolve_precision
+from napari_regcon.core.recipes import RECIPES, choose_recipe
+from napari_regcon.core.supervised import (
+    balanced_cross_entropy,
+    consistency_loss,
+    edge_aware_smoothness,
+)
+from napari_regcon.core.workflows import finetune_job, run_predict
+
+
+def strokes_on(truth: np.ndarray, step: int = 9) -> np.ndarray:
+    """Sparse labels: every ``step``-th row of slice 0 painted with its true class (~10 % of it)."""
+    labels = np.zeros_like(truth)
+    labels[0, ::step] = truth[0, ::step]
+    return labels
+
+
+def test_auto_picks_strokes_for_sparse_and_dense_for_full_slices(em_small) -> None:
+    _, truth = em_small
+    sparse = build_labelset(strokes_on(truth), truth.shape)
+    full = np.zeros_like(truth)
+    full[0] = truth[0]
+    assert choose_recipe("auto", sparse).name == "strokes"
+    assert choose_recipe("auto", build_labelset(full, truth.shape)).name == "dense"
+    assert choose_recipe("strokes", sparse, ema=0.5).ema == 0.5
+    with pytest.raises(RegconError, match="Unknown fine-tuning recipe"):
+        choose_recipe("sparse-magic", sparse)
+    with pytest.raises(RegconError, match="Unknown recipe setting"):
+        choose_recipe("strokes", sparse, speed=3)
+
+
+def test_balanced_cross_entropy_weighs_each_class_equally() -> None:
+    """A class painted with 10 pixels counts as much as one painted with 1000."""
+    logits = torch.zeros(1, 2, 1, 1010)
+    logits[0, 1, 0, :] = 4.0  # class 1 everywhere: the 10 pixels of class 0 are wrong
+    target = torch.ones(1, 1, 1010, dtype=torch.long)
+    target[0, 0, :10] = 0
+    plain = torch.nn.functional.cross_entropy(logits, target)
+    balanced = balanced_cross_entropy(logits, target)
+    wrong = torch.nn.functional.cross_entropy(logits[..., :10], target[..., :10])
+    right = torch.nn.functional.cross_entropy(logits[..., 10:], target[..., 10:])
+    assert balanced.item() == pytest.approx(((wrong + right) / 2).item())
+    assert balanced > 3 * plain  # the rare class's errors are not drowned by the frequent one
+
+
+def test_consistency_uses_only_confident_unpainted_pixels() -> None:
+    teacher = torch.zeros(1, 2, 1, 4)
+    teacher[0, 1, 0, :2] = 10.0  # confident class 1 on pixels 0, 1; unsure on 2, 3
+    student = torch.zeros(1, 2, 1, 4, requires_grad=True)
+    target = torch.tensor([[[IGNORE, 0, IGNORE, IGNORE]]])  # pixel 1 is painted
+    loss, frac = consistency_loss(student, teacher, target, threshold=0.9)
+    assert frac == pytest.approx(1 / 3)  # pixel 0 of the three unpainted ones
+    loss.backward()
+    grad = student.grad[0, :, 0].abs().sum(0)
+    assert grad[0] > 0 and grad[1] == 0 and grad[2] == 0 and grad[3] == 0
+
+
+def test_edge_aware_smoothness_pulls_boundaries_onto_intensity_edges() -> None:
+    """A class boundary on the intensity edge costs far less than one across a flat region."""
+    image = torch.zeros(1, 1, 32, 32)
+    image[..., 16:] = 1.0
+
+    def split_at(col: int) -> torch.Tensor:
+        logits = torch.zeros(1, 2, 32, 32)
+        logits[:, 0, :, :col] = 12.0
+        logits[:, 1, :, col:] = 12.0
+        return logits
+
+    on_edge, off_edge = edge_aware_smoothness(split_at(16), image), edge_aware_smoothness(split_at(8), image)
+    assert on_edge < 0.15 * off_edge  # pairs across an intensity edge barely count
+    uniform = torch.zeros(1, 2, 32, 32)
+    uniform[:, 0] = 12.0
+    assert edge_aware_smoothness(uniform, image) < 1e-3  # one class everywhere: no cost
+    # 3D patches: neighbours are taken within each plane
+    vol = image.unsqueeze(2).repeat(1, 1, 3, 1, 1)
+    logits3 = split_at(8).unsqueeze(2).repeat(1, 1, 3, 1, 1)
+    assert edge_aware_smoothness(logits3, vol).item() == pytest.approx(off_edge.item(), rel=1e-5)
+
+
+def test_strokes_recipe_trains_from_strokes_and_stops_when_stable(em_small, tiny) -> None:
+    raw, truth = em_small
+    labels = strokes_on(truth)
+    job = finetune_job(raw, labels, steps=400, seed=0, lr=3e-3, base=8, depth=2, batch_size=4, patch_size=64)
+    assert job.info["recipe"].name == "strokes" and job.config.stop_when_stable and job.config.ema > 0
+    job.config.min_steps, job.config.stable_every, job.config.stable_tol = 30, 10, 0.01
+    gen = job.events()
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            bundle = stop.value
+            break
+    done = events[-1]
+    assert done.event == "done" and done.reason == "stable" and done.step < 400
+    pred, _ = run_predict(bundle, raw[1:], tile=128)
+    assert dice(pred, truth[1:], 2) > float((truth[1:] == 2).mean()) + 0.25  # well above chance
+
+
+def test_correction_round_continues_the_model_at_a_lower_rate(em_small, tiny) -> None:
+    raw, truth = em_small
+    labels = strokes_on(truth)
+    first = finetune_job(raw, labels, steps=8, seed=0, recipe="strokes", **tiny).run()
+    labels[1, ::9] = truth[1, ::9]  # the user paints another slice
+    again = finetune_job(raw, labels, init=first, steps=8, seed=1, recipe="strokes", **tiny)
+    assert again.config.lr == pytest.approx(1e-3 * RECIPES["strokes"].retrain_lr_scale)
+    for k, v in first["state_dict"].items():  # it starts from every weight of the current model
+        torch.testing.assert_close(again.model.state_dict()[k], v)
+
+
+def test_precision_choice() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) is None
+    assert resolve_precision("bf16", cpu) is torch.bfloat16
+    with pytest.raises(RegconError, match="fp16 is for GPUs"):
+        resolve_precision("fp16", cpu)
+    with pytest.raises(RegconError, match="Unknown precision"):
+        resolve_precision("fp8", cpu)
