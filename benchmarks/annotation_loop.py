@@ -137,7 +137,7 @@ def correction_strokes(truth: np.ndarray, pred: np.ndarray, labels: np.ndarray, 
     classes = [int(c) for c in np.unique(truth) if c > 0]
     per_class = budget // len(classes)
     for c in classes:
-        err = (truth == c) & (out != c) & ~painted
+        err = (truth == c) & (pred != c) & ~painted  # with accept, out == pred on these pixels
         comps, n = ndi.label(err)
         if n == 0:
             continue

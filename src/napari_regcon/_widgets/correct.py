@@ -43,9 +43,10 @@ class CorrectWidget(QWidget):
         form.addRow("Training labels", self.labels)
         form.addRow("Prediction", self.prediction)
         lay = QVBoxLayout(self)
-        lay.addWidget(hint("Where the prediction is right, accept it; where it is wrong, paint the right class "
-                           "on the prediction layer (or on your labels) and copy the corrections. Then train "
-                           "again: it starts from the current model. Ctrl-Z on the labels layer undoes a copy."))
+        lay.addWidget(hint("Look for the largest wrong regions and paint a stroke of the right class through "
+                           "each (on your labels, or on the prediction layer and copy the corrections). Then "
+                           "train again: it continues the current model gently, so what it learned stays. "
+                           "Ctrl-Z on the labels layer undoes a copy."))
         lay.addLayout(form)
         lay.addWidget(self.overwrite)
         lay.addWidget(self.accept_slice)

@@ -99,7 +99,9 @@ class FinetuneWidget(QWidget):
         self.panel = RunPanel(self.status, "Start fine-tuning")
         lay = QVBoxLayout(self)
         lay.addWidget(hint("Paint a few strokes of every class on one or two slices — background "
-                           "included — then Start. Label 0 means 'not annotated' and is ignored."))
+                           "included — then Start. Label 0 means 'not annotated' and is ignored. "
+                           "Strokes train with a recipe made for them, which ends by itself once the "
+                           "prediction stops changing."))
         lay.addWidget(self.inputs)
         lay.addWidget(self.panel)
 

@@ -47,7 +47,7 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "dense": Recipe(),
     "strokes": Recipe(name="strokes", dice_weight=0.0, balanced=True, smoothness=3.0, uniform_fraction=0.5,
-                      ema=0.99, stop_when_stable=True, retrain_lr_scale=0.5, retrain_ema=0.995),
+                      ema=0.99, stop_when_stable=True, retrain_lr_scale=0.5),
 }
 
 

@@ -257,6 +257,8 @@ def iter_train(model: UNet, task: Task, sampler: PatchSampler, config: TrainConf
     while step < config.steps:
         if distributed.any_rank(should_stop is not None and should_stop(), device):
             model.eval()
+            if ema is not None:
+                model.load_state_dict(ema.module.state_dict())
             result = final()
             path = checkpoint(result)
             yield Progress("cancelled", step, config.steps, elapsed=time.perf_counter() - t0, path=path)
@@ -279,7 +281,8 @@ def iter_train(model: UNet, task: Task, sampler: PatchSampler, config: TrainConf
         history["loss"].append(value)
         elapsed = time.perf_counter() - t0
         eta = elapsed / (step - done_at_start) * (config.steps - step)
-        stable = probe is not None and probe.check(ema.module if ema is not None else model, step, autocast)
+        stable = probe is not None and distributed.any_rank(
+            probe.check(ema.module if ema is not None else model, step, autocast), device)  # ranks stop together
         yield Progress("step", step, config.steps, value, optimizer.param_groups[0]["lr"], elapsed, eta, logs,
                        changed=probe.changed if probe is not None else float("nan"))
         if stable:
