@@ -22,6 +22,7 @@ import re
 import shutil
 import socket
 from collections.abc import Iterable, Iterator
+from typing import Any
 from pathlib import Path
 
 from .errors import RegconError
@@ -187,3 +188,54 @@ def writing(outputs: Iterable[str | Path | None]) -> Iterator[None]:
     finally:
         for lock in reversed(locks):
             release_lock(lock)
+
+
+# --- resume and init ----------------------------------------------------------------------------
+
+_KIND_FROM = {"pretrained": "pretrain", "segmentation": "finetune"}
+
+
+def check_resume(bundle: dict, path: str | Path, command: str, steps: int, method: str | None = None) -> None:
+    """Refuse a ``--resume`` bundle that cannot continue this run, in one sentence."""
+    want = "pretrained" if command == "pretrain" else "segmentation"
+    kind = bundle.get("kind")
+    if kind != want:
+        hint = " (use --init to start from it)" if command == "finetune" else ""
+        raise RegconError(f"{path} is a {kind} bundle (from {_KIND_FROM.get(kind, '?')}), but {command} --resume "
+                          f"expects a {want} bundle from an interrupted {command} run{hint}.")
+    done_method = (bundle.get("pretext") or {}).get("method")
+    if command == "pretrain" and method and done_method and done_method != method:
+        raise RegconError(f"{path} was pretrained with --method {done_method}, but this run asks for --method "
+                          f"{method}; resume with --method {done_method} or start without --resume.")
+    training = bundle.get("training") or {}
+    if "optimizer" not in training or "step" not in training:
+        raise RegconError(f"{path} holds no training state to resume (it is a finished or exported bundle); "
+                          "use it as --init instead.")
+    done = int(training["step"])
+    if steps <= done:
+        raise RegconError(f"{path} has already done {done} steps, so --steps {steps} would add nothing; pass "
+                          f"--steps larger than {done} to continue training.")
+
+
+def load_resumed_weights(model: Any, bundle: dict) -> None:
+    """Load a ``--resume`` bundle's weights, explaining an architecture mismatch in one sentence."""
+    try:
+        model.load_state_dict(bundle["state_dict"])
+    except RuntimeError:
+        m = bundle.get("model", {})
+        c = model.config
+        raise RegconError(f"The --resume bundle is a {m.get('ndim')}D network (base {m.get('base')}, depth "
+                          f"{m.get('depth')}, {m.get('out_channels')} outputs) but this run builds a {c.ndim}D one "
+                          f"(base {c.base}, depth {c.depth}, {c.out_channels} outputs); resume with the options "
+                          "and labels of the interrupted run.") from None
+
+
+MAX_CLASSES = 32
+
+
+def check_class_count(values: list[int], labels: str | Path = "the labels") -> None:
+    """Refuse labels with so many values that they are object ids, not classes."""
+    if len(values) > MAX_CLASSES:
+        raise RegconError(f"{labels} contain {len(values)} label values ({values[0]}..{values[-1]}), which looks like one "
+                          f"value per object rather than classes; paint at most {MAX_CLASSES} classes (1 = background, "
+                          "2 = first class, ...).")
