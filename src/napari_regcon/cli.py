@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from napari_regcon import __version__
-from napari_regcon.cli_checks import guarded, mask_ratio, model_name, nonneg_int, overlap_fraction, positive_float, positive_int
+from napari_regcon.cli_checks import (
+    guarded,
+    mask_ratio,
+    model_name,
+    nonneg_int,
+    overlap_fraction,
+    positive_float,
+    positive_int,
+)
 from napari_regcon.core.errors import RegconError
 
 EXIT_USER_ERROR = 2

@@ -82,7 +82,7 @@ def evaluate(pred: Any, truth: Any, *, ignore_zero: bool = False, classes: Seque
     if mapping:
         pred = _Mapped(pred, mapping)
     pv = unique_values(pred)
-    if mapping is None and tv and not (set(pv) & set(tv)):
+    if mapping is None and tv and not (set(pv) <= set(tv) or set(tv) <= set(pv)):
         raise RegconError(f"{names[0]} has the values {pv} but {names[1]} {tv}, so no class can match; give "
                           "--model BUNDLE (or --map PRED=TRUTH,...) to map the values the way the bundle does.")
     result = scores(pred, truth, ignore_zero=ignore_zero)

@@ -22,8 +22,8 @@ import re
 import shutil
 import socket
 from collections.abc import Iterable, Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from .errors import RegconError
 
