@@ -156,7 +156,7 @@ def test_bad_bundles_and_outputs(files, capsys, tmp_path) -> None:
     tiny[...] = 7
     _fails(capsys, [*pr[:-3], "--image", str(tmp_path / "tiny.zarr"), "--out", str(pred), "--model", str(files["model"])],
            "tiny chunks", pred)
-    _fails(capsys, [*pr, "--model", str(files["model"]), "--threads", "0"], "--threads must be at least 1", pred)
+    _fails(capsys, [*pr, "--model", str(files["model"]), "--threads", "0"], "argument --threads: must be at least 1", pred)
 
 
 def test_console_script_help_and_error() -> None:

@@ -211,7 +211,7 @@ def test_bad_exports(files, capsys, tmp_path) -> None:
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    _fails(capsys, ["export", "--model", model, "--out", str(mine)], "not empty")
+    _fails(capsys, ["export", "--model", model, "--out", str(mine), "--overwrite"], "not empty")
     assert (mine / "notes.txt").read_text() == "keep me"
     _fails(capsys, ["export", "--model", str(tmp_path / "missing.pt"), "--out", str(out)], "does not exist", out)
     if "zip" in files:  # the extra is installed: a training image that moved away must be replaced by --image

@@ -262,7 +262,7 @@ def test_cli_3d_default_cell_respects_voxel_size(vessel, tmp_path, capsys):
     assert params["voxel_size"] == pytest.approx([5.0, 0.994, 0.994]) and params["mask"] == "intensity"
     code = main(["pretrain", str(path), "--ndim", "3", "--patch-size", "8,32,32", "--mask-patch", "2,8,8",
                  "--steps", "1", "--base", "4", "--depth", "2", "--batch-size", "2", "--device", "cpu",
-                 "--out", str(out), "--quiet"])
+                 "--out", str(out), "--quiet", "--overwrite"])
     assert code == 0 and load_bundle(out)["pretext"]["params"]["patch"] == [2, 8, 8]
 
 

@@ -16,6 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from napari_regcon import __version__
+from napari_regcon.cli_checks import (
+    guarded,
+    mask_ratio,
+    model_name,
+    nonneg_int,
+    overlap_fraction,
+    positive_float,
+    positive_int,
+)
 from napari_regcon.core.errors import RegconError
 
 EXIT_USER_ERROR = 2
@@ -120,8 +129,10 @@ class _Interrupted(Exception):
     pass
 
 
+@guarded(["out"], ["images", "resume"], bundle=True, images=["images"])
 def cmd_pretrain(a: argparse.Namespace) -> int:
     from napari_regcon.core.checkpoint import check_writable, load_bundle
+    from napari_regcon.core.safety import check_resume
     from napari_regcon.core.workflows import pretrain_job
 
     images = [_read(p, "image") for p in a.images]
@@ -135,6 +146,8 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
             if voxel is not None and len(voxel) == 3:
                 params["voxel_size"] = list(voxel)
     resume = load_bundle(a.resume) if a.resume else None
+    if resume is not None:
+        check_resume(resume, a.resume, "pretrain", a.steps, a.method)
     job = pretrain_job(images, a.method, ndim=a.ndim, channel_axis=a.channel_axis, patch_size=a.patch_size,
                        steps=a.steps, batch_size=a.batch_size, lr=a.lr, base=a.base, depth=a.depth, seed=a.seed,
                        device=a.device, method_params=params, resume=resume,
@@ -151,14 +164,18 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
     return 0
 
 
+@guarded(["out"], ["image", "labels", "init", "resume", "unlabeled"], bundle=True, images=["image", "unlabeled"])
 def cmd_finetune(a: argparse.Namespace) -> int:
     from napari_regcon.core.checkpoint import check_writable, load_bundle, load_model_source
+    from napari_regcon.core.safety import check_class_count, check_resume
     from napari_regcon.core.workflows import finetune_job
 
     image = _read(a.image, "image")
     labels = _read(a.labels, "labels")
     init = load_model_source(a.init) if a.init else None
     resume = load_bundle(a.resume) if a.resume else None
+    if resume is not None:
+        check_resume(resume, a.resume, "finetune", a.steps)
     unlabeled = [_read(p, "unlabeled image") for p in (a.unlabeled or [])]
     check_writable(a.out)
     names = [n.strip() for n in a.class_names.split(",")] if a.class_names else None
@@ -167,6 +184,7 @@ def cmd_finetune(a: argparse.Namespace) -> int:
                        depth=a.depth, seed=a.seed, device=a.device, class_names=names, resume=resume,
                        checkpoint_every=a.checkpoint_every, unlabeled=unlabeled, sources=[a.image, a.labels],
                        recipe=a.recipe, precision=a.precision)
+    check_class_count(job.info["classes"]["values"], a.labels)
     if not a.quiet:
         print(f"fine-tune: recipe '{job.info['recipe'].name}'"
               + (" (ends by itself when the prediction stops changing)" if job.config.stop_when_stable else ""),
@@ -176,6 +194,7 @@ def cmd_finetune(a: argparse.Namespace) -> int:
     return 0
 
 
+@guarded(["out", "probabilities"], ["model", "image"], images=["image"])
 def cmd_predict(a: argparse.Namespace) -> int:
     from napari_regcon.core.checkpoint import load_model_source
     from napari_regcon.core.io import check_chunking, check_output_path
@@ -227,7 +246,7 @@ def _predict_crf(a: argparse.Namespace, bundle: dict, image: Any) -> int:
     channel_axis = a.channel_axis
     if channel_axis is None and bundle["model"]["in_channels"] > 1:
         channel_axis = bundle.get("data", {}).get("channel_axis")
-    scratch = Path(tempfile.mkdtemp(prefix=".regcon-crf-", dir=Path(a.out).resolve().parent))
+    scratch = Path(tempfile.mkdtemp(prefix=f".{Path(a.out).name}.crf-", dir=Path(a.out).resolve().parent))
     try:
         with _StopFlag() as stop:
             try:
@@ -280,17 +299,19 @@ def _check_tile(tile: str | None) -> None:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from napari_regcon.core.metrics import scores
+    from napari_regcon.core.checkpoint import load_model_source
+    from napari_regcon.core.evaluation import evaluate, parse_mapping
 
     pred = _read(a.pred, "prediction")
     truth = _read(a.truth, "ground-truth")
-    result = scores(pred, truth, ignore_zero=a.ignore_zero)
-    if a.classes:
-        result["classes"] = {k: v for k, v in result["classes"].items() if int(k) in a.classes}
+    classes = load_model_source(a.model)["classes"] if a.model else None
+    result = evaluate(pred, truth, ignore_zero=a.ignore_zero, classes=a.classes, bundle_classes=classes,
+                      mapping=parse_mapping(a.map) if a.map else None, names=(a.pred, a.truth))
     print(json.dumps(result))
     return 0
 
 
+@guarded(["out"], [])
 def cmd_demo(a: argparse.Namespace) -> int:
     from napari_regcon.demo import run_demo
 
@@ -300,6 +321,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+@guarded(["out"], ["model", "image"], images=["image"])
 def cmd_export(a: argparse.Namespace) -> int:
     from napari_regcon.core.export import export_bioimageio
 
@@ -311,9 +333,9 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_info(a: argparse.Namespace) -> int:
-    from napari_regcon.core.checkpoint import load_bundle
+    from napari_regcon.core.checkpoint import load_model_source
 
-    b = load_bundle(a.model)
+    b = load_model_source(a.model)
     summary = {k: b[k] for k in ("format", "version", "kind", "created", "software", "model", "classes", "pretext", "data")}
     summary["steps"] = b.get("training", {}).get("step")
     summary["final_loss"] = b["history"]["loss"][-1] if b["history"].get("loss") else None
@@ -322,23 +344,24 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 
 def _add_common_training(p: argparse.ArgumentParser, steps: int) -> None:
-    p.add_argument("--steps", type=int, default=steps, help=f"optimisation steps (default {steps})")
+    p.add_argument("--steps", type=positive_int, default=steps, help=f"optimisation steps (default {steps})")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="arithmetic: auto (default) = bf16 on CPUs with bf16 units, fp16/bf16 on CUDA, else fp32")
     p.add_argument("--patch-size", default=None, help="patch size: 128 (YX) or 16,64,64 (ZYX); default fits the image")
     p.add_argument("--ndim", type=int, choices=(2, 3), default=2, help="2: slice-wise model (EM default); 3: volumetric")
     p.add_argument("--channel-axis", type=int, default=None, help="axis of the channels in a multi-channel image")
-    p.add_argument("--batch-size", type=int, default=8, help="patches per step (default 8)")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
-    p.add_argument("--base", type=int, default=16, help="U-Net width of the first level (default 16)")
-    p.add_argument("--depth", type=int, default=3, help="U-Net poolings (default 3)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="patches per step (default 8)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate (default 1e-3)")
+    p.add_argument("--base", type=positive_int, default=16, help="U-Net width of the first level (default 16)")
+    p.add_argument("--depth", type=positive_int, default=3, help="U-Net poolings (default 3)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda or mps")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="CPU threads for torch (default: all cores; 1 is faster when other jobs share the CPU)")
     p.add_argument("--resume", default=None, metavar="BUNDLE", help="continue an interrupted run from its bundle")
-    p.add_argument("--checkpoint-every", type=int, default=100, help="save the bundle every N steps (default 100)")
+    p.add_argument("--checkpoint-every", type=nonneg_int, default=100, help="save the bundle every N steps (default 100)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (refused otherwise)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -361,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="unlabeled images (.tif, .zarr, .npy, .png)")
     p.add_argument("--method", default="mim", choices=sorted(PRETEXTS), help="self-supervised method (default mim)")
     p.add_argument("--out", required=True, metavar="BUNDLE", help="output bundle file")
-    p.add_argument("--mask-ratio", type=float, default=0.6, help="mim: fraction of masked cells (default 0.6)")
+    p.add_argument("--mask-ratio", type=mask_ratio, default=0.6, help="mim: fraction of masked cells (default 0.6)")
     p.add_argument("--mask-patch", default="16",
                    help="mim: masked cell size, 16 or per axis 4,16,16 (ZYX); in 3D a single number follows the "
                         "voxel size of the TIFF when it is known (default 16)")
@@ -390,41 +413,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="tiled prediction of an image with a segmentation bundle",
                        description="Predict labels (same values as the training labels) tile by tile; .zarr outputs are written tile by tile.")
-    p.add_argument("--model", required=True, metavar="BUNDLE")
-    p.add_argument("--image", required=True)
+    p.add_argument("--model", required=True, metavar="BUNDLE", help="a segmentation bundle (from finetune) or its bioimage.io package")
+    p.add_argument("--image", required=True, help="image to segment (.tif, .zarr, .npy, .png, .jpg; a trailing axis of 3 or 4 on PNG/JPEG/RGB TIFF is colour)")
     p.add_argument("--out", required=True, help="labels output: .tif, .zarr or .npy")
     p.add_argument("--probabilities", default=None, metavar="OUT", help="also write class probabilities (C, ...) here")
     p.add_argument("--crf", action="store_true",
                    help="refine with a fully connected CRF (2D, slice by slice; GLRP's post-processing); for compact "
                         "objects, not thin ones: it erases membranes")
-    p.add_argument("--tile", default=None, help="tile size, e.g. 256 or 16,128,128 (default 256 in 2D)")
-    p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction (default 0.25)")
-    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass (default 4)")
-    p.add_argument("--channel-axis", type=int, default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
+    p.add_argument("--tile", default=None, help="tile size, e.g. 256 or 16,128,128 (default 256x256 for a 2D model, 16,128,128 for a 3D model)")
+    p.add_argument("--overlap", type=overlap_fraction, default=0.25, help="tile overlap fraction, 0 <= overlap < 1 (default 0.25)")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="tiles per forward pass (default 4)")
+    p.add_argument("--channel-axis", type=int, default=None,
+                   help="axis of the channels (default: the bundle's, or the colour axis of an RGB image)")
+    p.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda or mps")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="CPU threads for torch (default: all cores; 1 is faster when other jobs share the CPU)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true", help="replace --out / --probabilities if they exist (refused otherwise)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="Dice and IoU per class as one JSON object",
-                       description="Compare a prediction with ground truth; prints one JSON object on stdout.")
-    p.add_argument("--pred", required=True)
-    p.add_argument("--truth", required=True)
+                       description="Compare a prediction with ground truth; prints one JSON object on stdout. Both "
+                                   "files must use the same label values: give --model to map the bundle's values "
+                                   "(e.g. sparse 1/2) onto a truth in class indices (0/1), or --map.")
+    p.add_argument("--pred", required=True, help="predicted labels (from predict --out)")
+    p.add_argument("--truth", required=True, help="ground-truth labels of the same shape and label values")
+    p.add_argument("--model", default=None, metavar="BUNDLE", help="the bundle that made --pred: map its label values to the truth's")
+    p.add_argument("--map", default=None, metavar="PRED=TRUTH,...", help="map prediction values to truth values, e.g. 1=0,2=1")
     p.add_argument("--ignore-zero", action="store_true", help="skip pixels where the truth is 0 (sparse truth)")
-    p.add_argument("--classes", type=int, nargs="*", default=None, help="report only these label values")
+    p.add_argument("--classes", type=nonneg_int, nargs="*", default=None, help="report (and average over) only these label values")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="the whole loop on the bundled EM sample (no downloads)",
                        description="Pretrain briefly, fine-tune on one labeled slice, predict the other slices, evaluate; writes prediction, overlay PNG and report.")
     p.add_argument("--out", default="regcon-demo", type=Path, help="output folder (default ./regcon-demo)")
-    p.add_argument("--pretrain-steps", type=int, default=150)
-    p.add_argument("--finetune-steps", type=int, default=250)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
+    p.add_argument("--pretrain-steps", type=positive_int, default=150, help="self-supervised steps (default 150)")
+    p.add_argument("--finetune-steps", type=positive_int, default=250, help="fine-tuning steps (default 250)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda or mps")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="CPU threads for torch (default: all cores; 1 is faster when other jobs share the CPU)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
+    p.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --out folder")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("export", help="write a bioimage.io model package of a segmentation bundle",
@@ -434,14 +464,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="BUNDLE", help="a segmentation bundle (from finetune)")
     p.add_argument("--out", required=True, metavar="DIR|ZIP", help="package.zip, or a new folder")
     p.add_argument("--image", default=None, help="image for the test input (default: the bundle's training image)")
-    p.add_argument("--channel-axis", type=int, default=None)
-    p.add_argument("--name", default=None, help="model name (letters, digits, spaces, _+-())")
+    p.add_argument("--channel-axis", type=int, default=None, help="axis of the channels of --image")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (refused otherwise)")
+    p.add_argument("--name", type=model_name, default=None, help="model name (letters, digits, spaces, _+-())")
     p.add_argument("--description", default=None, help="one-paragraph description of the model")
     p.add_argument("--author", action="append", default=None, metavar="NAME", help="author name (repeatable)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("info", help="describe a bundle", description="Print a bundle's metadata as JSON.")
-    p.add_argument("model", metavar="BUNDLE")
+    p = sub.add_parser("info", help="describe a bundle", description="Print a bundle's (or bioimage.io package's) metadata as JSON.")
+    p.add_argument("model", metavar="BUNDLE", help="a bundle (.pt) or a bioimage.io package exported by napari-regcon")
     p.set_defaults(func=cmd_info)
     return parser
 

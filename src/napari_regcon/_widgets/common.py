@@ -244,6 +244,10 @@ class ModelPicker(QWidget):
         if not Path(path).suffix:
             path += ".pt"
         try:
+            from napari_regcon.core.safety import (
+                check_output,  # the CLI's output rule; the dialog asked to overwrite
+            )
+            check_output(path, [], overwrite=True, bundle=True, option="The model file")
             save_bundle(entry.bundle, path)
         except (RegconError, OSError) as err:
             show_error(str(err) if isinstance(err, RegconError) else f"Cannot write {path}: {err.strerror or err}.")

@@ -12,6 +12,7 @@ import os
 import pickle
 import tempfile
 import time
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -62,7 +63,7 @@ def check_writable(path: str | Path) -> None:
         os.unlink(probe)
     except OSError as err:
         raise RegconError(f"Cannot write {path}: {err.strerror or err}.") from err
-    if path.is_dir():
+    if path.is_dir() and path.suffix.lower() != ".zarr":  # an existing zarr store is replaced with --overwrite
         raise RegconError(f"Cannot write {path}: it is a folder.")
 
 
@@ -107,8 +108,15 @@ def load_bundle(path: str | Path) -> dict[str, Any]:
 
 def _read_bundle(source: str | Path | BinaryIO, path: str | Path) -> dict[str, Any]:
     """``torch.load(weights_only=True)`` of a file or stream, then :func:`validate_bundle`."""
+    from .filekind import image_kind
+
+    what = image_kind(source) if isinstance(source, (str, Path)) else None
+    if what:
+        raise RegconError(f"{path} is {what}, not a napari-regcon bundle or bioimage.io package.")
     try:
-        bundle = torch.load(source, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about a raw pickle's protocol before refusing it
+            warnings.simplefilter("ignore")
+            bundle = torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise RegconError(f"Refusing to load {path}: it contains Python objects, not plain data (it is not a napari-regcon bundle, and loading it could run code).") from err
     except (zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as err:

@@ -19,7 +19,7 @@ import numpy as np
 from .errors import RegconError
 
 EAGER_TIFF_BYTES = 512 * 2**20  # compressed TIFFs larger than this are read lazily, page by page
-IMAGE_SUFFIXES = (".tif", ".tiff", ".zarr", ".npy", ".png")
+IMAGE_SUFFIXES = (".tif", ".tiff", ".zarr", ".npy", ".png", ".jpg", ".jpeg")
 
 
 def _suffix(path: Path) -> str:
@@ -67,7 +67,7 @@ def _open(path: Path, suffix: str) -> Any:
         return zarr.open(tifffile.imread(path, aszarr=True), mode="r")  # compressed and large: page by page
     if suffix == ".npy":
         return np.load(path, mmap_mode="r", allow_pickle=False)
-    if suffix == ".png":
+    if suffix in (".png", ".jpg", ".jpeg"):
         import imageio.v3 as iio
         return iio.imread(path)
     return _open_zarr(path)

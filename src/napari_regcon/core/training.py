@@ -219,10 +219,15 @@ def iter_train(model: UNet, task: Task, sampler: PatchSampler, config: TrainConf
     step = 0
     if resume:
         step = int(resume["step"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        if "task_state" in resume:
-            task.load_state_dict(resume["task_state"])
+        try:
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+            if "task_state" in resume:
+                task.load_state_dict(resume["task_state"])
+        except (ValueError, RuntimeError, KeyError) as err:
+            from .errors import RegconError
+            raise RegconError("The --resume bundle was written by a different kind of run (its optimiser state does "
+                              "not fit this method and network); resume with the options of the interrupted run.") from err
         if rank == 0:
             rng.bit_generator.state = resume["rng"]
             sampler.rng.bit_generator.state = resume["sampler_rng"]

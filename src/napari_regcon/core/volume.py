@@ -31,6 +31,8 @@ class Volume:
 
     def __post_init__(self) -> None:
         nd = len(self.data.shape)
+        if self.channel_axis is not None and not -nd <= self.channel_axis < nd:
+            raise RegconError(f"--channel-axis {self.channel_axis} is out of range for an image of shape {tuple(self.data.shape)}.")
         spatial = nd - (self.channel_axis is not None)
         if spatial not in (2, 3):
             raise RegconError(

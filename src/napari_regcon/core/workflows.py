@@ -31,6 +31,7 @@ from .normalize import Normalization, fit_normalization
 from .pretext import get_pretext
 from .pretext.base import Task
 from .recipes import Recipe, choose_recipe
+from .safety import load_resumed_weights
 from .sampling import (
     PatchSampler,
     SemiSupervisedSampler,
@@ -152,7 +153,7 @@ def pretrain_job(images: Sequence[Any], method: str = "mim", *, ndim: int = 2, c
     seed_everything(seed)
     model = build_model(cfg)
     if resume is not None:
-        model.load_state_dict(resume["state_dict"])
+        load_resumed_weights(model, resume)
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
                          weight_decay=0.05 if method == "mim" else 1e-4, checkpoint_every=checkpoint_every,
                          precision=precision)
@@ -209,7 +210,7 @@ def finetune_job(image: Any, labels: Any, *, init: dict | None = None, dense: bo
     model = build_model(cfg)
     pretext_info: dict = {}
     if resume is not None:
-        model.load_state_dict(resume["state_dict"])
+        load_resumed_weights(model, resume)
         pretext_info = dict(resume.get("pretext", {}))
     elif init is not None:
         load_init(model, init)
