@@ -43,10 +43,11 @@ class CorrectWidget(QWidget):
         form.addRow("Training labels", self.labels)
         form.addRow("Prediction", self.prediction)
         lay = QVBoxLayout(self)
-        lay.addWidget(hint("Look for the largest wrong regions and paint a stroke of the right class through "
-                           "each (on your labels, or on the prediction layer and copy the corrections). Then "
-                           "train again: it continues the current model gently, so what it learned stays. "
-                           "Ctrl-Z on the labels layer undoes a copy."))
+        lay.addWidget(hint("What worked best in our measurements: accept the prediction of the slice in view, "
+                           "then paint the right class over the largest wrong regions on your labels layer, "
+                           "and train again (it continues the current model gently). Painting strokes into "
+                           "wrong regions without accepting also helps, more slowly. Ctrl-Z on the labels "
+                           "layer undoes an accept or a copy."))
         lay.addLayout(form)
         lay.addWidget(self.overwrite)
         lay.addWidget(self.accept_slice)
