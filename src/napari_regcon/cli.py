@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_regcon import __version__
-from napari_regcon.core.errors import RegconError
+from napari_regcon.core.errors import RegconError, is_out_of_memory
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -456,7 +456,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RegconError as err:
         print(f"napari-regcon: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except RuntimeError as err:
+    except (MemoryError, RuntimeError) as err:  # torch.OutOfMemoryError is a RuntimeError: test it first
+        if is_out_of_memory(err):
+            print(f"napari-regcon: error: out of memory ({type(err).__name__}); "
+                  "use a smaller --batch-size, --patch-size or --tile.", file=sys.stderr)
+            return 1
         if not distributed.lost_peer(err):
             raise
         rank = distributed.world()[0]
@@ -474,17 +478,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("napari-regcon: aborted; no partial output was left behind.", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (MemoryError, torch_oom()) as err:
-        print(f"napari-regcon: error: out of memory ({type(err).__name__}); use a smaller --batch-size, --patch-size or --tile.", file=sys.stderr)
-        return 1
     finally:
         distributed.shutdown(clean)
-
-
-def torch_oom() -> type[BaseException]:
-    """torch's out-of-memory exception type (a RuntimeError subclass on recent versions)."""
-    import torch
-    return getattr(torch, "OutOfMemoryError", MemoryError)
 
 
 if __name__ == "__main__":
