@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_regcon import __version__
+from napari_regcon.core.drive import drive
 from napari_regcon.core.errors import RegconError, is_out_of_memory
 
 EXIT_USER_ERROR = 2
@@ -187,7 +188,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
         return _predict_crf(a, bundle, image)
     with _StopFlag() as stop:
         try:
-            summary = _drive(predict_to_files(bundle, image, a.out, a.probabilities, channel_axis=a.channel_axis,
+            summary = drive(predict_to_files(bundle, image, a.out, a.probabilities, channel_axis=a.channel_axis,
                                               tile=a.tile, overlap=a.overlap, batch_size=a.batch_size,
                                               device=a.device, should_stop=stop), _progress("predict", a.quiet))
         except PredictionStopped:
@@ -222,7 +223,7 @@ def _predict_crf(a: argparse.Namespace, bundle: dict, image: Any) -> int:
     try:
         with _StopFlag() as stop:
             try:
-                _drive(predict_to_files(bundle, image, scratch / "labels.npy", scratch / "probs.npy",
+                drive(predict_to_files(bundle, image, scratch / "labels.npy", scratch / "probs.npy",
                                         channel_axis=channel_axis, tile=a.tile, overlap=a.overlap,
                                         batch_size=a.batch_size, device=a.device, should_stop=stop),
                        _progress("predict", a.quiet))
@@ -250,15 +251,6 @@ def _predict_crf(a: argparse.Namespace, bundle: dict, image: Any) -> int:
     print(f"napari-regcon: CRF-refined prediction written to {a.out}" + (f" and {a.probabilities}" if a.probabilities else ""),
           file=sys.stderr)
     return 0
-
-
-def _drive(gen: Any, callback: Callable[[Any], None]) -> Any:
-    """Run a core generator to the end, feeding its events to ``callback``; returns its value."""
-    while True:
-        try:
-            callback(next(gen))
-        except StopIteration as stop:
-            return stop.value
 
 
 def _check_tile(tile: str | None) -> None:
