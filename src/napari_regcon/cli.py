@@ -25,7 +25,8 @@ from napari_regcon.cli_checks import (
     positive_float,
     positive_int,
 )
-from napari_regcon.core.errors import RegconError
+from napari_regcon.core.drive import drive
+from napari_regcon.core.errors import RegconError, is_out_of_memory
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -215,7 +216,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
         return _predict_crf(a, bundle, image)
     with _StopFlag() as stop:
         try:
-            summary = _drive(predict_to_files(bundle, image, a.out, a.probabilities, channel_axis=a.channel_axis,
+            summary = drive(predict_to_files(bundle, image, a.out, a.probabilities, channel_axis=a.channel_axis,
                                               tile=a.tile, overlap=a.overlap, batch_size=a.batch_size,
                                               device=a.device, should_stop=stop), _progress("predict", a.quiet))
         except PredictionStopped:
@@ -250,7 +251,7 @@ def _predict_crf(a: argparse.Namespace, bundle: dict, image: Any) -> int:
     try:
         with _StopFlag() as stop:
             try:
-                _drive(predict_to_files(bundle, image, scratch / "labels.npy", scratch / "probs.npy",
+                drive(predict_to_files(bundle, image, scratch / "labels.npy", scratch / "probs.npy",
                                         channel_axis=channel_axis, tile=a.tile, overlap=a.overlap,
                                         batch_size=a.batch_size, device=a.device, should_stop=stop),
                        _progress("predict", a.quiet))
@@ -278,15 +279,6 @@ def _predict_crf(a: argparse.Namespace, bundle: dict, image: Any) -> int:
     print(f"napari-regcon: CRF-refined prediction written to {a.out}" + (f" and {a.probabilities}" if a.probabilities else ""),
           file=sys.stderr)
     return 0
-
-
-def _drive(gen: Any, callback: Callable[[Any], None]) -> Any:
-    """Run a core generator to the end, feeding its events to ``callback``; returns its value."""
-    while True:
-        try:
-            callback(next(gen))
-        except StopIteration as stop:
-            return stop.value
 
 
 def _check_tile(tile: str | None) -> None:
@@ -501,7 +493,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RegconError as err:
         print(f"napari-regcon: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except RuntimeError as err:
+    except (MemoryError, RuntimeError) as err:  # torch.OutOfMemoryError is a RuntimeError: test it first
+        if is_out_of_memory(err):
+            print(f"napari-regcon: error: out of memory ({type(err).__name__}); "
+                  "use a smaller --batch-size, --patch-size or --tile.", file=sys.stderr)
+            return 1
         if not distributed.lost_peer(err):
             raise
         rank = distributed.world()[0]
@@ -519,17 +515,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("napari-regcon: aborted; no partial output was left behind.", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (MemoryError, torch_oom()) as err:
-        print(f"napari-regcon: error: out of memory ({type(err).__name__}); use a smaller --batch-size, --patch-size or --tile.", file=sys.stderr)
-        return 1
     finally:
         distributed.shutdown(clean)
-
-
-def torch_oom() -> type[BaseException]:
-    """torch's out-of-memory exception type (a RuntimeError subclass on recent versions)."""
-    import torch
-    return getattr(torch, "OutOfMemoryError", MemoryError)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from napari_regcon.core.device import describe_device, get_device
-from napari_regcon.core.errors import RegconError
+from napari_regcon.core.errors import RegconError, is_out_of_memory
 from napari_regcon.core.volume import as_volume
 from napari_regcon.core.workflows import (
     Job,
@@ -105,7 +105,7 @@ def user_message(exc: BaseException) -> str:
     if isinstance(exc, RegconError):
         return str(exc)
     text = str(exc).strip()
-    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
+    if is_out_of_memory(exc):
         return "Out of memory: lower the patch size, batch size or tile size, close other programs, and try again."
     log.error("napari-regcon: unexpected error in a background run", exc_info=exc)
     first = text.splitlines()[0] if text else ""

@@ -305,16 +305,3 @@ def iter_train(model: UNet, task: Task, sampler: PatchSampler, config: TrainConf
     yield Progress("done", step, config.steps, history["loss"][-1] if history["loss"] else float("nan"),
                    elapsed=time.perf_counter() - t0, path=path, reason=reason)
     return result
-
-
-def train(model: UNet, task: Task, sampler: PatchSampler, config: TrainConfig,
-          callback: Callable[[Progress], None] | None = None, **kwargs: Any) -> dict | None:
-    """Run :func:`iter_train` to the end, passing each event to ``callback``; returns the final bundle."""
-    gen = iter_train(model, task, sampler, config, **kwargs)
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if callback is not None:
-            callback(event)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .checkpoint import make_bundle
+from .drive import drive
 from .errors import RegconError
 from .inference import iter_predict
 from .labels import build_labelset
@@ -65,14 +66,7 @@ class Job:
     def run(self, out: str | Path | None = None, should_stop: Callable[[], bool] | None = None,
             callback: Callable[[Progress], None] | None = None) -> dict:
         """Train to the end (or until ``should_stop``), returning the final bundle."""
-        gen = self.events(out, should_stop)
-        while True:
-            try:
-                ev = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            if callback is not None:
-                callback(ev)
+        return drive(self.events(out, should_stop), callback)
 
 
 def parse_patch(value: str | int | Sequence[int] | None, ndim: int) -> tuple[int, ...] | None:
@@ -311,14 +305,7 @@ def predict_arrays(bundle: dict, image: Any, *, channel_axis: int | None = None,
 def run_predict(bundle: dict, image: Any, callback: Callable[[Any], None] | None = None, **kwargs: Any
                 ) -> tuple[Any, Any]:
     """Consume :func:`predict_arrays` and return its result."""
-    gen = predict_arrays(bundle, image, **kwargs)
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if callback is not None:
-            callback(ev)
+    return drive(predict_arrays(bundle, image, **kwargs), callback)
 
 
 def count_parameters(model: torch.nn.Module) -> int:
