@@ -325,8 +325,8 @@ def summarize(records: list[dict]) -> tuple[list[str], list[list[str]]]:
     for rec in records:
         _key(rec)
         groups.setdefault((rec["dataset"], rec["arm"], json.dumps(rec["settings"], sort_keys=True)), []).append(rec)
-    headers = ["dataset", "arm", "eval", "seeds"] + [f"round {r}" for r in range(4)] + ["painted % (last)",
-                                                                                       "round s (median)", "worst drop"]
+    headers = ["dataset", "arm", "corrections", "eval", "seeds"] + [f"round {r}" for r in range(4)] + [
+        "painted % (last)", "round s (median)", "largest drop (pts)"]
     rows = []
     for (ds, arm, _), recs in sorted(groups.items()):
         n_rounds = min(len(r["rounds"]) for r in recs)
@@ -342,8 +342,8 @@ def summarize(records: list[dict]) -> tuple[list[str], list[list[str]]]:
                      for rec in recs for r in range(1, n_rounds)]
             painted = np.mean([rec["rounds"][n_rounds - 1]["painted_pct"] for rec in recs])
             secs = np.median([rd["round_s"] for rec in recs for rd in rec["rounds"]])
-            rows.append([ds, arm, ev, str(len(recs)), *cells, f"{painted:.2f}", f"{secs:.0f}",
-                         f"{100 * max(drops, default=0):+.1f} pts"])
+            rows.append([ds, arm, recs[0]["settings"]["correct"], ev, str(len(recs)), *cells, f"{painted:.2f}",
+                         f"{secs:.0f}", f"{100 * max(0.0, max(drops, default=0.0)):.1f}"])
     return headers, rows
 
 
@@ -355,18 +355,20 @@ def plot(records: list[dict], dataset: str) -> None:
     import matplotlib.pyplot as plt
 
     recs = [r for r in records if r["dataset"] == dataset]
+    for r in recs:
+        _key(r)
     if not recs:
         return
     evals = list(recs[0]["rounds"][0]["dice"])
     fig, axes = plt.subplots(1, len(evals), figsize=(5.5 * len(evals), 4), squeeze=False)
-    arms = sorted({r["arm"] for r in recs})
+    arms = sorted({(r["arm"], r["settings"]["correct"]) for r in recs})
     for ax, ev in zip(axes[0], evals):
-        for arm in arms:
-            rs = [r for r in recs if r["arm"] == arm]
+        for arm, mode in arms:
+            rs = [r for r in recs if r["arm"] == arm and r["settings"]["correct"] == mode]
             n = min(len(r["rounds"]) for r in rs)
             x = [np.mean([r["rounds"][i]["painted_pct"] for r in rs]) for i in range(n)]
             y = [np.mean([r["rounds"][i]["dice"][ev] for r in rs]) for i in range(n)]
-            ax.plot(x, y, "o-", label=f"{arm} ({len(rs)} seeds)")
+            ax.plot(x, y, "o-", label=f"{arm}, corrections: {mode} ({len(rs)} seeds)")
         ax.set_xlabel("painted pixels (% of the painted planes)")
         ax.set_ylabel("Dice")
         ax.set_title(f"{dataset}: {ev}")
