@@ -117,6 +117,7 @@ def test_correction_round_continues_the_model_at_a_lower_rate(em_small, tiny) ->
     labels[1, ::9] = truth[1, ::9]  # the user paints another slice
     again = finetune_job(raw, labels, init=first, steps=8, seed=1, recipe="strokes", **tiny)
     assert again.config.lr == pytest.approx(1e-3 * RECIPES["strokes"].retrain_lr_scale)
+    assert again.config.steps == 8  # under the correction-round cap
     for k, v in first["state_dict"].items():  # it starts from every weight of the current model
         torch.testing.assert_close(again.model.state_dict()[k], v)
 

@@ -33,6 +33,7 @@ class Recipe:
     stop_when_stable: bool = False
     lr: float | None = None  # None: the job's learning rate
     retrain_lr_scale: float = 1.0  # a run that continues a segmentation model scales its lr by this
+    retrain_steps: int | None = None  # such a run does at most this many steps (a correction round)
     retrain_ema: float = 0.0  # > 0: continuing a model, average the weights from it at this decay
 
     def to_dict(self) -> dict[str, Any]:
@@ -47,7 +48,7 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "dense": Recipe(),
     "strokes": Recipe(name="strokes", dice_weight=0.0, balanced=True, smoothness=3.0, uniform_fraction=0.5,
-                      ema=0.99, stop_when_stable=True, retrain_lr_scale=0.5),
+                      ema=0.99, stop_when_stable=True, retrain_lr_scale=0.5, retrain_steps=150),
 }
 
 

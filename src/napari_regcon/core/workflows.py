@@ -214,6 +214,8 @@ def finetune_job(image: Any, labels: Any, *, init: dict | None = None, dense: bo
     ema, ema_warmup = chosen.ema, True
     if init is not None and init["kind"] == "segmentation" and resume is None:
         lr *= chosen.retrain_lr_scale  # continuing a model: a gentler step keeps what it learned
+        if chosen.retrain_steps:
+            steps = min(steps, chosen.retrain_steps)  # a correction round, not a new training
         if chosen.retrain_ema:
             ema, ema_warmup = chosen.retrain_ema, False
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
