@@ -119,3 +119,13 @@ def test_seeded_runs_are_reproducible(em_small, tiny) -> None:
     a = pretrain_job([raw], "mim", steps=3, seed=7, **tiny).run()
     b = pretrain_job([raw], "mim", steps=3, seed=7, **tiny).run()
     assert a["history"]["loss"] == b["history"]["loss"]
+
+
+def test_init_mismatch_says_what_the_bundle_is_and_what_is_needed(em_small, tiny) -> None:
+    from napari_regcon.core.errors import RegconError
+
+    raw, _ = em_small
+    pre = pretrain_job([raw], "mim", steps=1, seed=0, **tiny).run()  # base 4, depth 2
+    other = build_model(UNetConfig(ndim=2, in_channels=1, out_channels=2, base=8, depth=2))
+    with pytest.raises(RegconError, match=r"pretrained 2D network \(base 4.*needs a 2D network \(base 8"):
+        load_init(other, pre)

@@ -265,7 +265,11 @@ def load_init(model: UNet, init: dict) -> list[str]:
     own = model.state_dict()
     for k, v in chosen.items():
         if k not in own or own[k].shape != v.shape:
-            raise RegconError("The initial bundle's network does not match (different architecture); start from a bundle made for this image type.")
+            have, want = UNetConfig.from_dict(init["model"]), model.config
+            raise RegconError(
+                f"The --init bundle is a {init['kind']} {have.ndim}D network (base {have.base}, depth {have.depth}, "
+                f"{have.in_channels} channel(s)) but this run needs a {want.ndim}D network (base {want.base}, depth "
+                f"{want.depth}, {want.in_channels} channel(s)); start from a bundle made for this image type.")
     missing, unexpected = model.load_state_dict(chosen, strict=False)
     assert not unexpected
     return list(missing)
