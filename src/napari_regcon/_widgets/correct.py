@@ -43,11 +43,9 @@ class CorrectWidget(QWidget):
         form.addRow("Training labels", self.labels)
         form.addRow("Prediction", self.prediction)
         lay = QVBoxLayout(self)
-        lay.addWidget(hint("What worked best in our measurements: accept the prediction of the slice in view, "
-                           "then paint the right class over the largest wrong regions on your labels layer, "
-                           "and train again (it continues the current model gently). Painting strokes into "
-                           "wrong regions without accepting also helps, more slowly. Ctrl-Z on the labels "
-                           "layer undoes an accept or a copy."))
+        lay.addWidget(hint("Best measured path: accept this slice's prediction, paint the right class over "
+                           "its largest wrong regions on your labels, then train again. Ctrl-Z on the "
+                           "labels undoes an accept or a copy."))
         lay.addLayout(form)
         lay.addWidget(self.overwrite)
         lay.addWidget(self.accept_slice)
