@@ -2,8 +2,9 @@
 
 Painted strokes cover ~1 % of a slice; a dense mask covers all of it. The two need different
 training (measured in benchmarks/annotation_loop.py): for strokes, class-balanced loss,
-consistency on the unpainted pixels, patches from the whole stack, an averaged model and a run
-that ends once the prediction stops changing. ``auto`` picks by the painted fraction.
+edge-aware smoothness on the unpainted pixels, patches from the whole stack, an averaged model,
+a run that ends once the prediction stops changing, and short, gentle correction rounds.
+``auto`` picks by the painted fraction.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ class Recipe:
     lr: float | None = None  # None: the job's learning rate
     retrain_lr_scale: float = 1.0  # a run that continues a segmentation model scales its lr by this
     retrain_steps: int | None = None  # such a run does at most this many steps (a correction round)
-    retrain_ema: float = 0.0  # > 0: continuing a model, average the weights from it at this decay
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,10 +1,10 @@
 """The supervised objective for fine-tuning: cross-entropy + soft Dice on annotated pixels only.
 
-For sparse strokes two additions matter (measured in benchmarks/annotation_loop.py):
-class-balanced cross-entropy, so a class painted with fewer pixels still counts as much, and a
-consistency term on the *unpainted* pixels of each patch (FixMatch-style, the pixel-level
-cross-supervision of the semi-supervised paper with one network): the prediction of a weakly
-augmented view, where confident, is the target of a strongly augmented view of the same patch.
+For sparse strokes (the ``strokes`` recipe, measured in benchmarks/annotation_loop.py):
+class-balanced cross-entropy, so a class painted with fewer pixels still counts as much, and an
+edge-aware smoothness term on the unpainted pixels. An optional consistency term (FixMatch-style,
+the pixel-level cross-supervision of the semi-supervised paper with one network) makes the
+confident prediction of a weakly augmented view the target of a strongly augmented one.
 """
 
 from __future__ import annotations
@@ -87,8 +87,8 @@ def edge_aware_smoothness(logits: torch.Tensor, image: torch.Tensor, radius: int
 
 
 class SupervisedTask(Task):
-    """Fine-tuning on labels: CE (ignoring unannotated pixels) + soft Dice, optionally balanced CE
-    and consistency on the unannotated pixels."""
+    """Fine-tuning on labels: CE (ignoring unannotated pixels) + soft Dice, optionally balanced CE,
+    edge-aware smoothness and consistency on the unannotated pixels."""
 
     name = "supervised"
     kind = "segmentation"

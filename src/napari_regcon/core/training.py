@@ -42,7 +42,6 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (core.precision)
     checkpoint_every: int = 100
     ema: float = 0.0  # > 0: keep an exponential moving average of the weights and return it
-    ema_warmup: bool = True  # False: the average starts at the initial weights at full decay (continuing a model)
     stop_when_stable: bool = False  # end early once the prediction of a probe batch stops changing
     stable_every: int = 20
     stable_tol: float = 0.005  # fraction of probe pixels whose class changed since the last check
@@ -121,18 +120,16 @@ class WeightAverage:
 
     The decay at update ``n`` is ``min(decay, (1 + n) / (10 + n))``, so early updates follow the
     model closely and the average never keeps much of the random initialisation (a fixed decay
-    would keep ``decay ** n`` of it, a third after 100 steps at 0.99). Without ``warmup`` the
-    full decay applies from the start: continuing a trained model, the average keeps
-    ``decay ** n`` of it, so a correction round cannot wander far from what the last round learned.
+    would keep ``decay ** n`` of it, a third after 100 steps at 0.99).
     """
 
-    def __init__(self, model: torch.nn.Module, decay: float, warmup: bool = True) -> None:
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
         import copy
 
         self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
-        self.decay, self.n = float(decay), 0 if warmup else 10**9
+        self.decay, self.n = float(decay), 0
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
@@ -247,7 +244,7 @@ def iter_train(model: UNet, task: Task, sampler: PatchSampler, config: TrainConf
     def final() -> dict | None:
         return None if bundle_fn is None else bundle_fn(model, history, state())
 
-    ema = WeightAverage(model, config.ema, config.ema_warmup) if config.ema > 0 else None
+    ema = WeightAverage(model, config.ema) if config.ema > 0 else None
     probe = None
     if config.stop_when_stable:
         probe = StabilityProbe(torch.from_numpy(_probe_batch(sampler)).to(device), config.stable_every,

@@ -211,15 +211,12 @@ def finetune_job(image: Any, labels: Any, *, init: dict | None = None, dense: bo
         pretext_info = dict(init.get("pretext", {}))
     chosen = choose_recipe(recipe, labelset, **(recipe_params or {}))
     lr = chosen.lr if chosen.lr is not None else lr
-    ema, ema_warmup = chosen.ema, True
     if init is not None and init["kind"] == "segmentation" and resume is None:
         lr *= chosen.retrain_lr_scale  # continuing a model: a gentler step keeps what it learned
         if chosen.retrain_steps:
             steps = min(steps, chosen.retrain_steps)  # a correction round, not a new training
-        if chosen.retrain_ema:
-            ema, ema_warmup = chosen.retrain_ema, False
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                         checkpoint_every=checkpoint_every, ema=ema, ema_warmup=ema_warmup,
+                         checkpoint_every=checkpoint_every, ema=chosen.ema,
                          stop_when_stable=chosen.stop_when_stable, precision=precision)
     task: Task
     if vols_u:
@@ -230,7 +227,6 @@ def finetune_job(image: Any, labels: Any, *, init: dict | None = None, dense: bo
         if init is not None and resume is None and task.net2_init == "same":
             load_init(task.net2, init)
         sampler: PatchSampler = SemiSupervisedSampler([vol], norm, patch, [labelset], [vol, *vols_u], seed=seed)
-        sampler.uniform_fraction = 0.0  # the unlabeled stream already covers the stack
         pretext_info["finetune"] = {"method": task.name, "params": task.params(), "unlabeled_images": len(vols_u)}
     else:
         task = SupervisedTask(labelset.n_classes, **chosen.task_params())
