@@ -308,14 +308,19 @@ def run_loop(data: Dataset, spec: str, seed: int, args: argparse.Namespace) -> d
               + ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
               + f", {round_s:.0f} s, {arm.steps_run} steps", flush=True)
     return {"dataset": data.name, "arm": spec, "seed": seed, "rounds": rounds, **extra,
-            "settings": {k: getattr(args, k) for k in ("first", "per_round", "steps", "retrain_steps", "rounds",
-                                                       "pretrain_steps", "correct")}}
+            "settings": {**{k: getattr(args, k) for k in ("first", "per_round", "steps", "retrain_steps", "rounds",
+                                                          "pretrain_steps", "correct")}, "recipe_rev": RECIPE_REV}}
 
 
 # ----------------------------------------------------------------------------- reporting
 
+#: the revision of core's strokes recipe a record was made with (2: plateau schedule, stop on settled regions)
+RECIPE_REV = 2
+
+
 def _key(rec: dict) -> str:
     rec["settings"].setdefault("correct", "strokes")  # records from before --correct existed
+    rec["settings"].setdefault("recipe_rev", 1)  # records from before the revision was recorded
     return json.dumps([rec["dataset"], rec["arm"], rec["seed"], rec["settings"]], sort_keys=True)
 
 
@@ -325,7 +330,7 @@ def summarize(records: list[dict]) -> tuple[list[str], list[list[str]]]:
     for rec in records:
         _key(rec)
         groups.setdefault((rec["dataset"], rec["arm"], json.dumps(rec["settings"], sort_keys=True)), []).append(rec)
-    headers = ["dataset", "arm", "corrections", "eval", "seeds"] + [f"round {r}" for r in range(4)] + [
+    headers = ["dataset", "arm", "recipe rev", "corrections", "eval", "seeds"] + [f"round {r}" for r in range(4)] + [
         "painted % (last)", "round s (median)", "largest drop (pts)"]
     rows = []
     for (ds, arm, _), recs in sorted(groups.items()):
@@ -342,7 +347,7 @@ def summarize(records: list[dict]) -> tuple[list[str], list[list[str]]]:
                      for rec in recs for r in range(1, n_rounds)]
             painted = np.mean([rec["rounds"][n_rounds - 1]["painted_pct"] for rec in recs])
             secs = np.median([rd["round_s"] for rec in recs for rd in rec["rounds"]])
-            rows.append([ds, arm, recs[0]["settings"]["correct"], ev, str(len(recs)), *cells, f"{painted:.2f}",
+            rows.append([ds, arm, str(recs[0]["settings"]["recipe_rev"]), recs[0]["settings"]["correct"], ev, str(len(recs)), *cells, f"{painted:.2f}",
                          f"{secs:.0f}", f"{100 * max(0.0, max(drops, default=0.0)):.1f}"])
     return headers, rows
 
@@ -361,14 +366,15 @@ def plot(records: list[dict], dataset: str) -> None:
         return
     evals = list(recs[0]["rounds"][0]["dice"])
     fig, axes = plt.subplots(1, len(evals), figsize=(5.5 * len(evals), 4), squeeze=False)
-    arms = sorted({(r["arm"], r["settings"]["correct"]) for r in recs})
+    arms = sorted({(r["arm"], r["settings"]["correct"], r["settings"]["recipe_rev"]) for r in recs})
     for ax, ev in zip(axes[0], evals):
-        for arm, mode in arms:
-            rs = [r for r in recs if r["arm"] == arm and r["settings"]["correct"] == mode]
+        for arm, mode, rev in arms:
+            rs = [r for r in recs if r["arm"] == arm and r["settings"]["correct"] == mode
+                  and r["settings"]["recipe_rev"] == rev]
             n = min(len(r["rounds"]) for r in rs)
             x = [np.mean([r["rounds"][i]["painted_pct"] for r in rs]) for i in range(n)]
             y = [np.mean([r["rounds"][i]["dice"][ev] for r in rs]) for i in range(n)]
-            ax.plot(x, y, "o-", label=f"{arm}, corrections: {mode} ({len(rs)} seeds)")
+            ax.plot(x, y, "o-", label=f"{arm} (recipe rev {rev}), corrections: {mode} ({len(rs)} seeds)")
         ax.set_xlabel("painted pixels (% of the painted planes)")
         ax.set_ylabel("Dice")
         ax.set_title(f"{dataset}: {ev}")
@@ -403,8 +409,9 @@ def main(argv: list[str] | None = None) -> None:
     for spec in args.arms.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             probe = {"dataset": data.name, "arm": spec, "seed": seed,
-                     "settings": {k: getattr(args, k) for k in ("first", "per_round", "steps", "retrain_steps",
-                                                                "rounds", "pretrain_steps", "correct")}}
+                     "settings": {**{k: getattr(args, k) for k in ("first", "per_round", "steps", "retrain_steps",
+                                                                   "rounds", "pretrain_steps", "correct")},
+                                  "recipe_rev": RECIPE_REV}}
             if _key(probe) in done and not args.force:
                 print(f"skip {spec} seed {seed} (recorded)")
                 continue

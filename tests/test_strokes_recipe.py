@@ -4,6 +4,8 @@ the model it was given."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -130,3 +132,40 @@ def test_precision_choice() -> None:
         resolve_precision("fp16", cpu)
     with pytest.raises(RegconError, match="Unknown precision"):
         resolve_precision("fp8", cpu)
+
+
+def test_plateau_schedule_holds_the_rate_then_cools_down() -> None:
+    from napari_regcon.core.training import lr_factor
+
+    # cosine: already decaying half-way; plateau: at the peak until the cool-down starts
+    assert lr_factor(150, 300, 0.05, 0.01) < 0.6
+    assert lr_factor(150, 300, 0.05, 0.01, decay_from=255, decay_steps=45) == 1.0
+    assert lr_factor(255 + 45, 300, 0.05, 0.01, decay_from=255, decay_steps=45) == pytest.approx(0.01)
+    # moved earlier once the prediction is stable: decayed 45 steps later
+    assert lr_factor(100 + 45, 300, 0.05, 0.01, decay_from=100, decay_steps=45) == pytest.approx(0.01)
+
+
+def test_plateau_run_cools_down_once_stable_then_ends(em_small, tiny) -> None:
+    raw, truth = em_small
+    job = finetune_job(raw, strokes_on(truth), steps=400, seed=0, lr=3e-3, base=8, depth=2, batch_size=4,
+                       patch_size=64, recipe="strokes", recipe_params={"schedule": "plateau", "stable_tol": 0.02})
+    job.config.min_steps, job.config.stable_every, job.config.cooldown = 30, 10, 0.05
+    events = list(job.events())
+    steps = [ev for ev in events if ev.event == "step"]
+    done = events[-1]
+    assert done.event == "done" and done.reason == "stable" and done.step < 400
+    calm_at = done.step - 20  # the cool-down is 5 % of the 400-step limit
+    assert steps[calm_at - 1].lr == pytest.approx(3e-3, rel=1e-6)  # the peak rate until the probe was calm
+    assert steps[-1].lr < 3e-4 and steps[-1].total == done.step  # decayed; the progress total shrank to the end
+
+
+def test_a_one_class_wash_never_counts_as_stable() -> None:
+    from napari_regcon.core.training import StabilityProbe
+
+    class Wash(torch.nn.Module):
+        def forward(self, x):
+            return torch.stack([torch.ones_like(x[:, 0]), torch.zeros_like(x[:, 0])], 1)
+
+    probe = StabilityProbe(torch.zeros(2, 1, 8, 8), every=1, tol=0.01, patience=1, min_steps=0)
+    assert not any(probe.check(Wash(), step, contextlib.nullcontext) for step in range(1, 6))
+    assert probe.changed == 0.0  # nothing changed, yet a wash is not a result

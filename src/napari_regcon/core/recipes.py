@@ -3,7 +3,8 @@
 Painted strokes cover ~1 % of a slice; a dense mask covers all of it. The two need different
 training (measured in benchmarks/annotation_loop.py): for strokes, class-balanced loss,
 edge-aware smoothness on the unpainted pixels, patches from the whole stack, an averaged model,
-a run that ends once the prediction stops changing, and short, gentle correction rounds.
+a learning rate held at its peak until the predicted regions stop changing, then a short
+cool-down and the end of the run, and short, gentle correction rounds.
 ``auto`` picks by the painted fraction.
 """
 
@@ -32,6 +33,8 @@ class Recipe:
     uniform_fraction: float = 0.0
     ema: float = 0.0
     stop_when_stable: bool = False
+    stable_tol: float = 0.005  # share of probe pixels changing class between checks that counts as stable
+    schedule: str = "cosine"  # cosine over the step limit, or plateau (constant, cool-down once stable)
     lr: float | None = None  # None: the job's learning rate
     retrain_lr_scale: float = 1.0  # a run that continues a segmentation model scales its lr by this
     retrain_steps: int | None = None  # such a run does at most this many steps (a correction round)
@@ -48,7 +51,7 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     "dense": Recipe(),
     "strokes": Recipe(name="strokes", dice_weight=0.0, balanced=True, smoothness=3.0, uniform_fraction=0.5,
-                      ema=0.99, stop_when_stable=True, retrain_lr_scale=0.5, retrain_steps=150),
+                      ema=0.99, stop_when_stable=True, schedule="plateau", retrain_lr_scale=0.5, retrain_steps=150),
 }
 
 

@@ -47,6 +47,8 @@ class TrainConfig:
     stable_tol: float = 0.005  # fraction of probe pixels whose class changed since the last check
     stable_patience: int = 2
     min_steps: int = 60
+    schedule: str = "cosine"  # cosine: warm-up + cosine over the step limit; plateau: warm-up, constant, cool-down
+    cooldown: float = 0.15  # plateau: share of the step limit spent decaying, at the end or once stable
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,20 +78,47 @@ class Progress:
 BundleFn = Callable[[UNet, dict[str, list], dict[str, Any]], dict[str, Any]]
 
 
-def lr_factor(step: int, total: int, warmup: float, min_ratio: float) -> float:
-    """Linear warm-up then cosine decay to ``min_ratio`` (step counts from 0)."""
+def lr_factor(step: int, total: int, warmup: float, min_ratio: float, decay_from: int | None = None,
+              decay_steps: int | None = None) -> float:
+    """Linear warm-up, then cosine decay to ``min_ratio`` (step counts from 0).
+
+    By default the decay spans the rest of the run. With ``decay_from`` / ``decay_steps`` (the
+    plateau schedule) the rate stays at its peak until ``decay_from`` and decays over
+    ``decay_steps``, so stability of the prediction is not tied to the step limit.
+    """
     w = max(1, int(round(warmup * total)))
     if step < w:
         return (step + 1) / w
-    t = (step - w) / max(1, total - w)
+    if decay_from is None:
+        t = (step - w) / max(1, total - w)
+    else:
+        t = max(0.0, (step - decay_from) / max(1, decay_steps or 1))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def _edges(classes: torch.Tensor) -> torch.Tensor:
+    """Pixels within one pixel of a class boundary of a class map (N, *spatial)."""
+    x = classes.unsqueeze(1).float()
+    k = 3
+    pool = torch.nn.functional.max_pool2d if x.dim() == 4 else torch.nn.functional.max_pool3d
+    return (pool(x, k, 1, k // 2) != -pool(-x, k, 1, k // 2)).squeeze(1)
+
+
+def _flips_off_edges(previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+    """Pixels whose class changed, away from the boundaries of either map.
+
+    Boundaries of thin structures (membranes, vessels) flicker by a pixel from step to step while
+    the regions stay put; only a region appearing, vanishing or moving counts as a change.
+    """
+    return (previous != current) & ~_edges(previous) & ~_edges(current)
 
 
 class StabilityProbe:
     """Decides when more steps stop helping: the class map of a fixed probe batch stops changing.
 
     Every ``every`` steps the model predicts the probe; once fewer than ``tol`` of its pixels
-    changed class for ``patience`` checks in a row (and at least ``min_steps`` ran), it is stable.
+    changed class away from region boundaries for ``patience`` checks in a row (and at least
+    ``min_steps`` ran), it is stable.
     """
 
     def __init__(self, images: torch.Tensor, every: int, tol: float, patience: int, min_steps: int) -> None:
@@ -109,8 +138,9 @@ class StabilityProbe:
             current = model(self.images).argmax(1)
         model.train(was_training)
         if self.previous is not None:
-            self.changed = float((current != self.previous).float().mean())
-            self.calm = self.calm + 1 if self.changed < self.tol else 0
+            self.changed = float(_flips_off_edges(self.previous, current).float().mean())
+            wash = bool((current == current.flatten()[0]).all())  # one class everywhere: not learnt yet
+            self.calm = self.calm + 1 if self.changed < self.tol and not wash else 0
         self.previous = current
         return step >= self.min_steps and self.calm >= self.patience
 
@@ -200,8 +230,12 @@ def iter_train(model: UNet, task: Task, sampler: PatchSampler, config: TrainConf
     task.to(device)
     params = [p for p in list(model.parameters()) + list(task.parameters()) if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    plateau = config.schedule == "plateau"
+    cool = max(1, int(round(config.cooldown * config.steps)))
+    # the plateau schedule decays over the last ``cool`` steps, or from the step the probe found stable
+    plan = {"decay_from": config.steps - cool if plateau else None, "end": config.steps}
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, config.steps, config.warmup, config.min_lr_ratio))
+        optimizer, lambda s: lr_factor(s, config.steps, config.warmup, config.min_lr_ratio, plan["decay_from"], cool))
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     rank, world_size = distributed.world()
     loss_fn: torch.nn.Module = _LossModule(model, task)
@@ -229,12 +263,13 @@ def iter_train(model: UNet, task: Task, sampler: PatchSampler, config: TrainConf
             rng.bit_generator.state = resume["rng"]
             sampler.rng.bit_generator.state = resume["sampler_rng"]
         history = {k: list(v) for k, v in resume["history"].items()}
+        plan.update(resume.get("plan", {}))
 
     def state() -> dict[str, Any]:
         return {"step": step, "total_steps": config.steps, "config": config.to_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "task_state": task.state_dict(), "rng": rng.bit_generator.state,
-                "sampler_rng": sampler.rng.bit_generator.state, "history": history}
+                "sampler_rng": sampler.rng.bit_generator.state, "history": history, "plan": dict(plan)}
 
     def checkpoint(bundle: dict | None = None) -> str | None:
         if bundle_fn is None or out is None or rank != 0:
@@ -256,7 +291,7 @@ def iter_train(model: UNet, task: Task, sampler: PatchSampler, config: TrainConf
     yield Progress("start", step, config.steps, device=f"{device} {precision_name(dtype)}")
     model.train()
     task.train()
-    while step < config.steps:
+    while step < plan["end"]:
         if distributed.any_rank(should_stop is not None and should_stop(), device):
             model.eval()
             if ema is not None:
@@ -282,13 +317,19 @@ def iter_train(model: UNet, task: Task, sampler: PatchSampler, config: TrainConf
         history["step"].append(step)
         history["loss"].append(value)
         elapsed = time.perf_counter() - t0
-        eta = elapsed / (step - done_at_start) * (config.steps - step)
-        stable = probe is not None and distributed.any_rank(
+        eta = elapsed / (step - done_at_start) * (plan["end"] - step)
+        stable = probe is not None and reason == "steps" and distributed.any_rank(
             probe.check(ema.module if ema is not None else model, step, autocast), device)  # ranks stop together
-        yield Progress("step", step, config.steps, value, optimizer.param_groups[0]["lr"], elapsed, eta, logs,
-                       changed=probe.changed if probe is not None else float("nan"))
+        if stable and plateau:
+            stable = step < plan["decay_from"]  # stable during the final cool-down: nothing to shorten
+            if stable:  # cool down from here, then end
+                plan.update(decay_from=step, end=min(config.steps, step + cool))
+                eta = elapsed / (step - done_at_start) * (plan["end"] - step)
         if stable:
             reason = "stable"
+        yield Progress("step", step, plan["end"], value, optimizer.param_groups[0]["lr"], elapsed, eta, logs,
+                       changed=probe.changed if probe is not None else float("nan"))
+        if stable and not plateau:
             break
         if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
             path = checkpoint()

@@ -217,7 +217,8 @@ def finetune_job(image: Any, labels: Any, *, init: dict | None = None, dense: bo
             steps = min(steps, chosen.retrain_steps)  # a correction round, not a new training
     config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
                          checkpoint_every=checkpoint_every, ema=chosen.ema,
-                         stop_when_stable=chosen.stop_when_stable, precision=precision)
+                         stop_when_stable=chosen.stop_when_stable, stable_tol=chosen.stable_tol,
+                         schedule=chosen.schedule, precision=precision)
     task: Task
     if vols_u:
         try:
