@@ -110,12 +110,13 @@ def _read(path: str, what: str) -> Any:
 
 def _run_job(job: Any, out: str, desc: str, quiet: bool) -> dict:
     from napari_regcon.core import distributed
+    from napari_regcon.core.bundle import as_bundle
 
     quiet = quiet or not distributed.is_main()
     with _StopFlag() as stop:
         bundle = job.run(out=out, should_stop=stop, callback=_progress(desc, quiet))
         if stop():
-            step = bundle["training"]["step"] if bundle else 0
+            step = as_bundle(bundle).training.step if bundle else 0
             raise _Interrupted(f"stopped at step {step}; {out} holds the model trained so far (resume with --resume {out}).")
     return bundle
 
@@ -185,7 +186,7 @@ def cmd_finetune(a: argparse.Namespace) -> int:
                        depth=a.depth, seed=a.seed, device=a.device, class_names=names, resume=resume,
                        checkpoint_every=a.checkpoint_every, unlabeled=unlabeled, sources=[a.image, a.labels],
                        recipe=a.recipe, precision=a.precision)
-    check_class_count(job.info["classes"]["values"], a.labels)
+    check_class_count(job.info["classes"].values, a.labels)
     if not a.quiet:
         print(f"fine-tune: recipe '{job.info['recipe'].name}'"
               + (" (ends by itself when the prediction stops changing)" if job.config.stop_when_stable else ""),
@@ -197,12 +198,13 @@ def cmd_finetune(a: argparse.Namespace) -> int:
 
 @guarded(["out", "probabilities"], ["model", "image"], images=["image"])
 def cmd_predict(a: argparse.Namespace) -> int:
+    from napari_regcon.core.bundle import as_bundle
     from napari_regcon.core.checkpoint import load_model_source
     from napari_regcon.core.io import check_chunking, check_output_path
     from napari_regcon.core.outputs import PredictionStopped, partial_path, predict_to_files
 
     bundle = load_model_source(a.model)
-    if bundle["kind"] != "segmentation":
+    if not as_bundle(bundle).is_segmentation:
         raise RegconError(f"{a.model} is a pretrained (self-supervised) bundle without classes; fine-tune it on labels first.")
     image = _read(a.image, "image")
     check_chunking(image, a.image)
@@ -238,15 +240,14 @@ def _predict_crf(a: argparse.Namespace, bundle: dict, image: Any) -> int:
 
     import numpy as np
 
+    from napari_regcon.core.bundle import as_bundle
     from napari_regcon.core.io import atomic_path, close_output, create_output
-    from napari_regcon.core.normalize import Normalization
     from napari_regcon.core.outputs import PredictionStopped, predict_to_files
     from napari_regcon.core.postprocess import crf_refine_into
     from napari_regcon.core.volume import as_volume
 
-    channel_axis = a.channel_axis
-    if channel_axis is None and bundle["model"]["in_channels"] > 1:
-        channel_axis = bundle.get("data", {}).get("channel_axis")
+    typed = as_bundle(bundle)
+    channel_axis = typed.channel_axis(a.channel_axis)
     scratch = Path(tempfile.mkdtemp(prefix=f".{Path(a.out).name}.crf-", dir=Path(a.out).resolve().parent))
     try:
         with _StopFlag() as stop:
@@ -258,12 +259,12 @@ def _predict_crf(a: argparse.Namespace, bundle: dict, image: Any) -> int:
             except PredictionStopped:
                 raise _Interrupted("prediction stopped; no output was written.") from None
         probs = np.load(scratch / "probs.npy", mmap_mode="r")
-        values = [int(v) for v in bundle["classes"]["values"]]
+        values = typed.classes.values
         bar = _progress("CRF", a.quiet)
-        refine = {"image": as_volume(image, channel_axis), "normalization": Normalization.from_dict(bundle["normalization"]),
+        refine = {"image": as_volume(image, channel_axis), "normalization": typed.normalization,
                   "class_values": values, "callback": lambda done, total: bar(SimpleNamespace(done=done, total=total))}
         with atomic_path(a.out) as tmp_l:
-            labels = create_output(tmp_l, probs.shape[1:], "uint8" if max(values) < 256 else "uint16")
+            labels = create_output(tmp_l, probs.shape[1:], typed.label_dtype)
             if a.probabilities:
                 with atomic_path(a.probabilities) as tmp_p:
                     refined = create_output(tmp_p, probs.shape, "float32")
@@ -291,13 +292,14 @@ def _check_tile(tile: str | None) -> None:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
+    from napari_regcon.core.bundle import as_bundle
     from napari_regcon.core.checkpoint import load_model_source
     from napari_regcon.core.evaluation import evaluate, parse_mapping
 
     pred = _read(a.pred, "prediction")
     truth = _read(a.truth, "ground-truth")
-    classes = load_model_source(a.model)["classes"] if a.model else None
-    result = evaluate(pred, truth, ignore_zero=a.ignore_zero, classes=a.classes, bundle_classes=classes,
+    values = as_bundle(load_model_source(a.model)).classes.values if a.model else None
+    result = evaluate(pred, truth, ignore_zero=a.ignore_zero, classes=a.classes, bundle_values=values,
                       mapping=parse_mapping(a.map) if a.map else None, names=(a.pred, a.truth))
     print(json.dumps(result))
     return 0
@@ -325,12 +327,10 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_info(a: argparse.Namespace) -> int:
+    from napari_regcon.core.bundle import as_bundle
     from napari_regcon.core.checkpoint import load_model_source
 
-    b = load_model_source(a.model)
-    summary = {k: b[k] for k in ("format", "version", "kind", "created", "software", "model", "classes", "pretext", "data")}
-    summary["steps"] = b.get("training", {}).get("step")
-    summary["final_loss"] = b["history"]["loss"][-1] if b["history"].get("loss") else None
+    summary = as_bundle(load_model_source(a.model), a.model).describe()
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

@@ -19,6 +19,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
+from napari_regcon.core.bundle import as_bundle
 from napari_regcon.core.errors import RegconError
 
 from .common import LayerChecklist, LayerCombo, ModelPicker, hint, row
@@ -131,9 +132,9 @@ class FinetuneWidget(QWidget):
         entry = self.init.current()
         fixed = entry is not None
         if fixed:
-            ndim = int(entry.bundle["model"].get("ndim", 2))
+            ndim = entry.info.model.ndim
             self.options.ndim.setCurrentIndex(0 if ndim == 2 else 1)
-            patch = entry.bundle.get("data", {}).get("patch_size")
+            patch = entry.info.data.patch_size
             if patch:
                 self.options.patch.setText(",".join(str(p) for p in patch) if ndim == 3 else str(patch[-1]))
         self.options.ndim.setEnabled(not fixed)
@@ -234,7 +235,8 @@ class FinetuneWidget(QWidget):
             self._show_preview(upd)
         elif isinstance(upd, Finished) and upd.result is not None:
             bundle, run = upd.result, self._run
-            steps = bundle.get("training", {}).get("step", self.status.step)
+            steps = as_bundle(bundle).training.step
+            steps = self.status.step if steps is None else steps
             if upd.cancelled and not steps:
                 self.status.message = "Stopped before the first step; no model was kept."
                 return

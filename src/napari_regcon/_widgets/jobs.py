@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_regcon.core.bundle import as_bundle
 from napari_regcon.core.device import describe_device, get_device
 from napari_regcon.core.errors import RegconError, is_out_of_memory
 from napari_regcon.core.volume import as_volume
@@ -269,7 +270,7 @@ def _one_tile(bundle: dict, image: Any, channel_axis: int | None) -> dict:
     spatial = as_volume(image, channel_axis).spatial_shape
     if spatial[-1] * spatial[-2] > PREVIEW_MAX_PLANE:
         return {}
-    tile = spatial[-2:] if bundle["model"]["ndim"] == 2 else spatial[-3:]
+    tile = spatial[-2:] if as_bundle(bundle).model.ndim == 2 else spatial[-3:]
     return {"tile": tuple(int(t) for t in tile), "overlap": 0.0}
 
 
@@ -334,8 +335,8 @@ def predict_updates(bundle: dict, image: Any, params: PredictParams, stop: threa
 
 
 def _predict(bundle: dict, image: Any, params: PredictParams, stop: threading.Event) -> Iterator[Update]:
-    values = [int(v) for v in bundle.get("classes", {}).get("values", [])]
-    names = list(bundle.get("classes", {}).get("names", []))
+    typed = as_bundle(bundle)
+    values, names = typed.classes.values, typed.classes.names
     crf = find_crf() if params.crf else None
     if params.crf and crf is None:
         raise RegconError("CRF refinement is not available in this installation.")
@@ -364,7 +365,7 @@ def _predict(bundle: dict, image: Any, params: PredictParams, stop: threading.Ev
     if crf is not None:
         n = labels.shape[0] if labels.ndim == 3 else 1
         last = 0.0
-        for z in crf_planes(crf, probs, image, params.channel_axis, bundle["normalization"], labels, values):
+        for z in crf_planes(crf, probs, image, params.channel_axis, typed.normalization, labels, values):
             now = time.monotonic()
             if stop.is_set():
                 yield Finished(None, cancelled=True, message="Prediction stopped; no layer was added.")
@@ -374,7 +375,7 @@ def _predict(bundle: dict, image: Any, params: PredictParams, stop: threading.Ev
                 last = now
         notes.append("CRF-refined")
     if params.min_size > 1:
-        per_plane = int(bundle["model"].get("ndim", 2)) == 2
+        per_plane = typed.model.ndim == 2
         labels = remove_small_regions(labels, values, params.min_size, per_plane=per_plane)
         notes.append(f"regions < {params.min_size} px removed")
     unc = uncertainty_map(probs, params.uncertainty) if params.uncertainty else None

@@ -77,14 +77,14 @@ def find_crf() -> Callable[..., Any] | None:
 
 
 def crf_planes(crf: Callable[..., Any], probs: np.ndarray, image: Any, channel_axis: int | None,
-               normalization: dict, labels: np.ndarray, class_values: Sequence[int]) -> Iterator[int]:
+               normalization: Normalization, labels: np.ndarray, class_values: Sequence[int]) -> Iterator[int]:
     """Refine ``labels`` with ``crf`` plane by plane (in place); yields after each plane.
 
     Each plane of the image is normalised as the model saw it (the bundle's normalisation), so
     the CRF's grey levels are 0..1 -> 0..255 whatever the dtype.
     """
     vol = as_volume(image, channel_axis)
-    norm = Normalization.from_dict(normalization)
+    norm = normalization
     values = np.asarray(list(class_values))
     planes = vol.shape[1] if vol.is_3d else 1
     for z in range(planes):

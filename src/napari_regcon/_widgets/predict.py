@@ -108,9 +108,7 @@ class PredictWidget(QWidget):
             raise RegconError("Choose a segmentation model: fine-tune one in step 2, or Load… a saved one.")
         if img is None:
             raise RegconError("Choose the image layer to predict.")
-        ca = self.channel_axis.resolve(img)
-        if ca is None and int(entry.bundle["model"].get("in_channels", 1)) > 1:
-            ca = entry.bundle.get("data", {}).get("channel_axis")
+        ca = entry.info.channel_axis(self.channel_axis.resolve(img))
         params = PredictParams(channel_axis=ca, probabilities=self.probabilities.isChecked(),
                                uncertainty=self.uncertainty_kind.currentData() if self.uncertainty.isChecked() else None,
                                min_size=self.min_size.value(), crf=self.crf.isChecked() and self._crf_available,

@@ -13,6 +13,7 @@ from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QLineEdit, QVBoxLayout, QWidget
 from superqt import QCollapsible
 
+from napari_regcon.core.bundle import as_bundle
 from napari_regcon.core.device import describe_device, get_device
 from napari_regcon.core.errors import RegconError
 from napari_regcon.core.pretext import PRETEXTS
@@ -177,8 +178,9 @@ class PretrainWidget(QWidget):
             self.panel.plot.add_points(upd.points)
         elif isinstance(upd, Finished) and upd.result is not None:
             bundle = upd.result
-            method = bundle.get("pretext", {}).get("method", "?")
-            steps = bundle.get("pretext", {}).get("steps", self.status.step)
+            pretext = as_bundle(bundle).pretext
+            method = pretext.method or "?"
+            steps = self.status.step if pretext.steps is None else pretext.steps
             if upd.cancelled and not steps:
                 self.status.message = "Stopped before the first step; no model was kept."
                 return

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .bundle import Bundle, as_bundle
 from .errors import RegconError
 from .inference import PredictEvent
 from .io import _suffix, atomic_path, close_output, create_output, create_zarr
@@ -26,13 +27,14 @@ from .volume import as_volume
 PROGRESS_KEY = "napari_regcon_progress"
 
 
-def bundle_fingerprint(bundle: dict) -> str:
+def bundle_fingerprint(bundle: Bundle | dict) -> str:
     """A short hash of a bundle's weights and classes: a partial output only resumes with the same model."""
+    bundle = as_bundle(bundle)
     h = hashlib.sha1()
-    for k in sorted(bundle["state_dict"]):
+    for k in sorted(bundle.state_dict):
         h.update(k.encode())
-        h.update(bundle["state_dict"][k].float().numpy().tobytes())
-    h.update(repr(bundle["classes"].get("values")).encode())
+        h.update(bundle.state_dict[k].float().numpy().tobytes())
+    h.update(repr(bundle.classes.values).encode())
     return h.hexdigest()[:16]
 
 
@@ -81,11 +83,11 @@ def predict_to_files(bundle: dict, image: Any, out: str | Path, probabilities: s
 
     out = Path(out)
     probs_path = Path(probabilities) if probabilities else None
-    if channel_axis is None and bundle["model"]["in_channels"] > 1:
-        channel_axis = bundle.get("data", {}).get("channel_axis")
+    typed = as_bundle(bundle)
+    channel_axis = typed.channel_axis(channel_axis)
     spatial = as_volume(image, channel_axis).spatial_shape
-    values = [int(v) for v in bundle["classes"]["values"]]
-    dtype = "uint8" if max(values) < 256 else "uint16"
+    values = typed.classes.values
+    dtype = typed.label_dtype
     pshape = (len(values), *spatial)
     resumable = _is_zarr(out) and (probs_path is None or _is_zarr(probs_path))
     if not resumable:

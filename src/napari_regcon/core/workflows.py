@@ -16,7 +16,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import make_bundle
+from .bundle import (
+    DEFAULT_TRANSFER,
+    Bundle,
+    Classes,
+    DataInfo,
+    History,
+    PretextInfo,
+    SemiSupervisedInfo,
+    TrainingInfo,
+    as_bundle,
+    cpu_weights,
+)
 from .drive import drive
 from .errors import RegconError
 from .inference import iter_predict
@@ -28,7 +39,7 @@ from .models import (
     build_model,
     transferable_state,
 )
-from .normalize import Normalization, fit_normalization
+from .normalize import fit_normalization
 from .pretext import get_pretext
 from .pretext.base import Task
 from .recipes import Recipe, choose_recipe
@@ -122,11 +133,9 @@ def _config(ndim: int, channels: int, out: int, patch: tuple[int, ...], base: in
     return UNetConfig(ndim=ndim, in_channels=channels, out_channels=out, base=base, depth=depth, pool_z=pool_z)
 
 
-def model_from_bundle(bundle: dict) -> UNet:
-    """Rebuild the network of a bundle with its weights, in eval mode."""
-    model = build_model(bundle["model"])
-    model.load_state_dict(bundle["state_dict"])
-    return model.eval()
+def model_from_bundle(bundle: Bundle | dict) -> UNet:
+    """Rebuild the network of a bundle with its weights, in eval mode (:meth:`Bundle.build_model`)."""
+    return as_bundle(bundle).build_model()
 
 
 def pretrain_job(images: Sequence[Any], method: str = "mim", *, ndim: int = 2, channel_axis: int | None = None,
@@ -154,13 +163,12 @@ def pretrain_job(images: Sequence[Any], method: str = "mim", *, ndim: int = 2, c
     sampler = PatchSampler(vols, norm, patch, seed=seed)
 
     def bundle_fn(m: UNet, history: dict, state: dict) -> dict:
-        return make_bundle("pretrained", cfg.to_dict(), m.state_dict(), norm.to_dict(),
-                           pretext={"method": method, "params": task.params(), "transfer": list(task.transfer),
-                                    "steps": state.get("step", 0)},
-                           history=history, training=state,
-                           data={"patch_size": list(patch), "channel_axis": channel_axis, "sources": sources or []})
+        return Bundle("pretrained", cfg, cpu_weights(m.state_dict()), norm,
+                      pretext=PretextInfo(method, task.params(), list(task.transfer), state.get("step", 0)),
+                      history=History.from_dict(history), training=TrainingInfo.from_dict(state),
+                      data=DataInfo(list(patch), channel_axis, list(sources or []))).to_dict()
 
-    return Job(model, task, sampler, config, bundle_fn, resume["training"] if resume else None,
+    return Job(model, task, sampler, config, bundle_fn, _resume_state(resume),
                {"patch": patch, "normalization": norm, "method": method})
 
 
@@ -181,8 +189,10 @@ def finetune_job(image: Any, labels: Any, *, init: dict | None = None, dense: bo
     ``recipe`` (:mod:`~napari_regcon.core.recipes`: ``auto``, ``strokes``, ``dense``) fits loss,
     sampling and stopping to the labels; ``auto`` picks ``strokes`` for sparse painting.
     """
-    if init is not None:
-        icfg = UNetConfig.from_dict(init["model"])
+    init_b = as_bundle(init) if init is not None else None
+    resume_b = as_bundle(resume) if resume is not None else None
+    if init_b is not None:
+        icfg = init_b.model
         ndim, base, depth = icfg.ndim, icfg.base, icfg.depth
     vol = _volumes([image], channel_axis, ndim)[0]
     labelset = build_labelset(labels, vol.spatial_shape, dense=dense, seed=seed)
@@ -190,11 +200,10 @@ def finetune_job(image: Any, labels: Any, *, init: dict | None = None, dense: bo
         raise RegconError(f"{len(class_names)} class names were given for {labelset.n_classes} classes ({labelset.class_values}).")
     vols_u = _volumes(list(unlabeled), channel_axis, ndim) if unlabeled else []
     norm = fit_normalization([vol, *vols_u])
-    if init is not None:
-        icfg = UNetConfig.from_dict(init["model"])
+    if init_b is not None:
         if icfg.in_channels != vol.shape[0]:
             raise RegconError(f"The initial model expects {icfg.in_channels} channel(s) but the image has {vol.shape[0]}.")
-        patch = _patch(patch_size or init.get("data", {}).get("patch_size"), [vol], ndim, icfg)
+        patch = _patch(patch_size or init_b.data.patch_size, [vol], ndim, icfg)
         cfg = UNetConfig(ndim=ndim, in_channels=icfg.in_channels, out_channels=labelset.n_classes, base=base,
                          depth=depth, pool_z=list(icfg.pool_z))
     else:
@@ -202,16 +211,16 @@ def finetune_job(image: Any, labels: Any, *, init: dict | None = None, dense: bo
         cfg = _config(ndim, vol.shape[0], labelset.n_classes, patch, base, depth)
     seed_everything(seed)
     model = build_model(cfg)
-    pretext_info: dict = {}
-    if resume is not None:
-        load_resumed_weights(model, resume)
-        pretext_info = dict(resume.get("pretext", {}))
-    elif init is not None:
-        load_init(model, init)
-        pretext_info = dict(init.get("pretext", {}))
+    pretext_info, semi_info = PretextInfo(), None
+    if resume_b is not None:
+        load_resumed_weights(model, resume_b)
+        pretext_info, semi_info = resume_b.pretext, resume_b.semi_supervised
+    elif init_b is not None:
+        load_init(model, init_b)
+        pretext_info, semi_info = init_b.pretext, init_b.semi_supervised
     chosen = choose_recipe(recipe, labelset, **(recipe_params or {}))
     lr = chosen.lr if chosen.lr is not None else lr
-    if init is not None and init["kind"] == "segmentation" and resume is None:
+    if init_b is not None and init_b.is_segmentation and resume is None:
         lr *= chosen.retrain_lr_scale  # continuing a model: a gentler step keeps what it learned
         if chosen.retrain_steps:
             steps = min(steps, chosen.retrain_steps)  # a correction round, not a new training
@@ -224,46 +233,51 @@ def finetune_job(image: Any, labels: Any, *, init: dict | None = None, dense: bo
             task = SemiSupervisedTask(labelset.n_classes, cfg, steps, seed=seed, **(semi_params or {}))
         except TypeError as err:
             raise RegconError(f"Bad semi-supervised parameter: {err}.") from None
-        if init is not None and resume is None and task.net2_init == "same":
-            load_init(task.net2, init)
+        if init_b is not None and resume is None and task.net2_init == "same":
+            load_init(task.net2, init_b)
         sampler: PatchSampler = SemiSupervisedSampler([vol], norm, patch, [labelset], [vol, *vols_u], seed=seed)
-        pretext_info["finetune"] = {"method": task.name, "params": task.params(), "unlabeled_images": len(vols_u)}
+        semi_info = SemiSupervisedInfo(task.name, task.params(), len(vols_u))
     else:
         task = SupervisedTask(labelset.n_classes, **chosen.task_params())
         sampler = PatchSampler([vol], norm, patch, labels=[labelset], seed=seed,
                                uniform_fraction=chosen.uniform_fraction)
     names = list(class_names) if class_names else [f"class {v}" for v in labelset.class_values]
-    classes = {"values": labelset.class_values, "names": names, "dense": dense}
+    classes = Classes([int(v) for v in labelset.class_values], names, dense)
 
     def bundle_fn(m: UNet, history: dict, state: dict) -> dict:
-        return make_bundle("segmentation", cfg.to_dict(), m.state_dict(), norm.to_dict(), classes=classes,
-                           pretext=pretext_info, history=history, training=state,
-                           data={"patch_size": list(patch), "channel_axis": channel_axis, "sources": sources or [],
-                                 "recipe": chosen.to_dict()})
+        return Bundle("segmentation", cfg, cpu_weights(m.state_dict()), norm, classes=classes, pretext=pretext_info,
+                      semi_supervised=semi_info, history=History.from_dict(history),
+                      training=TrainingInfo.from_dict(state),
+                      data=DataInfo(list(patch), channel_axis, list(sources or []), chosen.to_dict())).to_dict()
 
-    return Job(model, task, sampler, config, bundle_fn, resume["training"] if resume else None,
+    return Job(model, task, sampler, config, bundle_fn, _resume_state(resume_b),
                {"patch": patch, "normalization": norm, "classes": classes, "labelset": labelset,
                 "recipe": chosen})
 
 
-def load_init(model: UNet, init: dict) -> list[str]:
+def _resume_state(resume: Bundle | dict | None) -> dict | None:
+    """The ``training`` section a resumed run continues from (as the training loop reads it)."""
+    return as_bundle(resume).training.to_dict() if resume is not None else None
+
+
+def load_init(model: UNet, init: Bundle | dict) -> list[str]:
     """Load the transferable weights of ``init`` into ``model``; returns the keys left at random.
 
     From a pretrained bundle the encoder and decoder transfer and the head stays random; from a
     segmentation bundle with the same classes everything transfers (continue fine-tuning).
     """
-    state = init["state_dict"]
-    same_head = init["kind"] == "segmentation" and state.get("head.weight") is not None and \
+    init = as_bundle(init)
+    state = init.state_dict
+    same_head = init.is_segmentation and state.get("head.weight") is not None and \
         state["head.weight"].shape == model.head.weight.shape
-    prefixes = tuple(init.get("pretext", {}).get("transfer", ("encoder.", "upsample.", "decoder."))) \
-        if init["kind"] == "pretrained" else ("encoder.", "upsample.", "decoder.")
+    prefixes = init.pretext.transfer_prefixes if init.kind == "pretrained" else DEFAULT_TRANSFER
     chosen = dict(state) if same_head else transferable_state(state, prefixes)
     own = model.state_dict()
     for k, v in chosen.items():
         if k not in own or own[k].shape != v.shape:
-            have, want = UNetConfig.from_dict(init["model"]), model.config
+            have, want = init.model, model.config
             raise RegconError(
-                f"The --init bundle is a {init['kind']} {have.ndim}D network (base {have.base}, depth {have.depth}, "
+                f"The --init bundle is a {init.kind} {have.ndim}D network (base {have.base}, depth {have.depth}, "
                 f"{have.in_channels} channel(s)) but this run needs a {want.ndim}D network (base {want.base}, depth "
                 f"{want.depth}, {want.in_channels} channel(s)); start from a bundle made for this image type.")
     missing, unexpected = model.load_state_dict(chosen, strict=False)
@@ -282,19 +296,18 @@ def predict_arrays(bundle: dict, image: Any, *, channel_axis: int | None = None,
     Outputs go into ``out_labels`` / ``out_probs`` when given (e.g. zarr stores), else into new
     numpy arrays.
     """
-    if bundle["kind"] != "segmentation":
+    typed = as_bundle(bundle)
+    if not typed.is_segmentation:
         raise RegconError("This bundle is a pretrained (self-supervised) model without classes; fine-tune it on labels before predicting.")
-    model = model_from_bundle(bundle)
-    if channel_axis is None and model.config.in_channels > 1:
-        channel_axis = bundle.get("data", {}).get("channel_axis")
-    vol = as_volume(image, channel_axis)
+    model = typed.build_model()
+    vol = as_volume(image, typed.channel_axis(channel_axis))
     if vol.shape[0] != model.config.in_channels:
         raise RegconError(f"The model expects {model.config.in_channels} channel(s) but the image has shape {tuple(image.shape)}; check the channel axis.")
-    norm = Normalization.from_dict(bundle["normalization"])
-    values = [int(v) for v in bundle["classes"]["values"]]
+    norm = typed.normalization
+    values = typed.classes.values
     spatial = vol.spatial_shape
     if out_labels is None:
-        out_labels = np.zeros(spatial, np.uint8 if max(values) < 256 else np.uint16)
+        out_labels = np.zeros(spatial, typed.label_dtype)
     if probabilities and out_probs is None:
         out_probs = np.zeros((len(values), *spatial), np.float32)
     tile_t = parse_patch(tile, model.config.ndim) if tile is not None else None
