@@ -11,7 +11,7 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from napari_regcon.cli_checks import (
     positive_float,
     positive_int,
 )
+from napari_regcon.console import progress_bar
 from napari_regcon.core.drive import drive
 from napari_regcon.core.errors import RegconError, is_out_of_memory
 
@@ -60,49 +61,6 @@ class _StopFlag:
         return self.event.is_set()
 
 
-def _progress(desc: str, quiet: bool) -> Callable[[Any], None]:
-    """A tqdm bar fed with training (Progress) or prediction (PredictEvent) events."""
-    from tqdm import tqdm
-
-    state: dict[str, Any] = {"bar": None}
-
-    def cb(ev: Any) -> None:
-        if quiet:
-            return
-        bar = state["bar"]
-        if bar is None:
-            bar = state["bar"] = tqdm(total=ev.total, desc=desc, file=sys.stderr, dynamic_ncols=True,
-                                      initial=getattr(ev, "step", 0) if getattr(ev, "event", "") == "start" else 0,
-                                      mininterval=0.5)
-            if getattr(ev, "device", ""):
-                bar.write(f"{desc}: training on {ev.device}", file=sys.stderr)
-        n = getattr(ev, "step", getattr(ev, "done", 0))
-        if n > bar.n:
-            bar.update(n - bar.n)
-        if getattr(ev, "event", "") == "step":
-            bar.set_postfix(loss=f"{ev.loss:.4f}", refresh=False)
-        if getattr(ev, "event", "") in ("done", "cancelled") or getattr(ev, "done", -1) == ev.total:
-            bar.close()
-            if getattr(ev, "reason", "") == "stable":
-                print(f"{desc}: ended by itself after {ev.step} of {ev.total} steps: the prediction stopped "
-                      "changing (--recipe dense trains every step)", file=sys.stderr)
-    return cb
-
-
-def _parse_params(items: Sequence[str] | None) -> dict[str, Any]:
-    """``--param key=value`` pairs for a pretext; values are read as JSON when possible (numbers, lists)."""
-    params: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise RegconError(f"--param expects KEY=VALUE, got {item!r}.")
-        key, value = item.split("=", 1)
-        try:
-            params[key.strip().replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key.strip().replace("-", "_")] = value
-    return params
-
-
 def _read(path: str, what: str) -> Any:
     from napari_regcon.core.io import read_array
     return read_array(path, what)
@@ -114,7 +72,7 @@ def _run_job(job: Any, out: str, desc: str, quiet: bool) -> dict:
 
     quiet = quiet or not distributed.is_main()
     with _StopFlag() as stop:
-        bundle = job.run(out=out, should_stop=stop, callback=_progress(desc, quiet))
+        bundle = job.run(out=out, should_stop=stop, callback=progress_bar(desc, quiet))
         if stop():
             step = as_bundle(bundle).training.step if bundle else 0
             raise _Interrupted(f"stopped at step {step}; {out} holds the model trained so far (resume with --resume {out}).")
@@ -134,12 +92,13 @@ class _Interrupted(Exception):
 @guarded(["out"], ["images", "resume"], bundle=True, images=["images"])
 def cmd_pretrain(a: argparse.Namespace) -> int:
     from napari_regcon.core.checkpoint import check_writable, load_bundle
+    from napari_regcon.core.options import parse_params
     from napari_regcon.core.safety import check_resume
     from napari_regcon.core.workflows import pretrain_job
 
     images = [_read(p, "image") for p in a.images]
     check_writable(a.out)
-    params = _parse_params(a.param)
+    params = parse_params(a.param or [], "--param")
     if a.method == "mim":
         params = {"ratio": a.mask_ratio, "patch": a.mask_patch, "mask": a.mask, **params}
         if a.ndim == 3 and "voxel_size" not in params:
@@ -196,96 +155,46 @@ def cmd_finetune(a: argparse.Namespace) -> int:
     return 0
 
 
-@guarded(["out", "probabilities"], ["model", "image"], images=["image"])
+@guarded(["out", "probabilities", "uncertainty"], ["model", "image"], images=["image"])
 def cmd_predict(a: argparse.Namespace) -> int:
     from napari_regcon.core.bundle import as_bundle
     from napari_regcon.core.checkpoint import load_model_source
     from napari_regcon.core.io import check_chunking, check_output_path
     from napari_regcon.core.outputs import PredictionStopped, partial_path, predict_to_files
+    from napari_regcon.core.predict import PredictOptions
 
     bundle = load_model_source(a.model)
-    if not as_bundle(bundle).is_segmentation:
+    if not as_bundle(bundle, a.model).is_segmentation:
         raise RegconError(f"{a.model} is a pretrained (self-supervised) bundle without classes; fine-tune it on labels first.")
     image = _read(a.image, "image")
     check_chunking(image, a.image)
     check_output_path(a.out)
-    if a.probabilities:
-        check_output_path(a.probabilities)
-        if Path(a.probabilities).resolve() == Path(a.out).resolve():
-            raise RegconError("--out and --probabilities must be different files.")
+    for extra in (a.probabilities, a.uncertainty):  # (the guard has refused outputs naming the same file)
+        if extra:
+            check_output_path(extra)
     _check_tile(a.tile)
-    if a.crf:
-        return _predict_crf(a, bundle, image)
+    options = PredictOptions(channel_axis=a.channel_axis, tile=a.tile, overlap=a.overlap, batch_size=a.batch_size,
+                             device=a.device, min_size=a.min_size, crf=a.crf)
     with _StopFlag() as stop:
         try:
-            summary = drive(predict_to_files(bundle, image, a.out, a.probabilities, channel_axis=a.channel_axis,
-                                              tile=a.tile, overlap=a.overlap, batch_size=a.batch_size,
-                                              device=a.device, should_stop=stop), _progress("predict", a.quiet))
+            summary = drive(predict_to_files(bundle, image, a.out, a.probabilities, uncertainty=a.uncertainty,
+                                              options=options, should_stop=stop),
+                            progress_bar({"tiles": "predict", "crf": "CRF"}, a.quiet))
         except PredictionStopped:
             raise _Interrupted("prediction stopped; no output was written.") from None
     if not summary["complete"]:
         raise _Interrupted(f"prediction stopped; the finished part is kept in {partial_path(a.out)} and the same command resumes it.")
     resumed = f" (resumed: {summary['resumed_units']} finished units were kept)" if summary["resumed_units"] else ""
-    print(f"napari-regcon: prediction written to {a.out}" + (f" and {a.probabilities}" if a.probabilities else "") + resumed,
-          file=sys.stderr)
-    return 0
-
-
-def _predict_crf(a: argparse.Namespace, bundle: dict, image: Any) -> int:
-    """``predict --crf``: predict probabilities into scratch files next to the output, refine them
-    plane by plane with a dense CRF (core.postprocess), write the outputs atomically."""
-    import shutil
-    import tempfile
-    from types import SimpleNamespace
-
-    import numpy as np
-
-    from napari_regcon.core.bundle import as_bundle
-    from napari_regcon.core.io import atomic_path, close_output, create_output
-    from napari_regcon.core.outputs import PredictionStopped, predict_to_files
-    from napari_regcon.core.postprocess import crf_refine_into
-    from napari_regcon.core.volume import as_volume
-
-    typed = as_bundle(bundle)
-    channel_axis = typed.channel_axis(a.channel_axis)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{Path(a.out).name}.crf-", dir=Path(a.out).resolve().parent))
-    try:
-        with _StopFlag() as stop:
-            try:
-                drive(predict_to_files(bundle, image, scratch / "labels.npy", scratch / "probs.npy",
-                                        channel_axis=channel_axis, tile=a.tile, overlap=a.overlap,
-                                        batch_size=a.batch_size, device=a.device, should_stop=stop),
-                       _progress("predict", a.quiet))
-            except PredictionStopped:
-                raise _Interrupted("prediction stopped; no output was written.") from None
-        probs = np.load(scratch / "probs.npy", mmap_mode="r")
-        values = typed.classes.values
-        bar = _progress("CRF", a.quiet)
-        refine = {"image": as_volume(image, channel_axis), "normalization": typed.normalization,
-                  "class_values": values, "callback": lambda done, total: bar(SimpleNamespace(done=done, total=total))}
-        with atomic_path(a.out) as tmp_l:
-            labels = create_output(tmp_l, probs.shape[1:], typed.label_dtype)
-            if a.probabilities:
-                with atomic_path(a.probabilities) as tmp_p:
-                    refined = create_output(tmp_p, probs.shape, "float32")
-                    crf_refine_into(probs, out_labels=labels, out_probs=refined, **refine)
-                    close_output(refined)
-                    del refined
-            else:
-                crf_refine_into(probs, out_labels=labels, **refine)
-            close_output(labels)
-            del labels, probs
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    print(f"napari-regcon: CRF-refined prediction written to {a.out}" + (f" and {a.probabilities}" if a.probabilities else ""),
-          file=sys.stderr)
+    extras = [p for p in (a.probabilities, a.uncertainty) if p]
+    print(f"napari-regcon: {'CRF-refined ' if a.crf else ''}prediction written to {a.out}"
+          + (f" and {' and '.join(extras)}" if extras else "") + resumed, file=sys.stderr)
     return 0
 
 
 def _check_tile(tile: str | None) -> None:
     if tile is None:
         return
-    from napari_regcon.core.workflows import parse_patch
+    from napari_regcon.core.options import parse_patch
     parts = parse_patch(tile, 3 if "," in str(tile) and len(str(tile).split(",")) == 3 else 2)
     if parts and min(parts[-2:]) < 32:
         raise RegconError(f"The tile size {tile} is too small to predict efficiently; use at least 32 pixels in Y and X (default 256).")
@@ -409,6 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, help="image to segment (.tif, .zarr, .npy, .png, .jpg; a trailing axis of 3 or 4 on PNG/JPEG/RGB TIFF is colour)")
     p.add_argument("--out", required=True, help="labels output: .tif, .zarr or .npy")
     p.add_argument("--probabilities", default=None, metavar="OUT", help="also write class probabilities (C, ...) here")
+    p.add_argument("--uncertainty", default=None, metavar="OUT",
+                   help="also write an uncertainty map here: the entropy of the class probabilities, 0 (sure) to 1 "
+                        "(no idea); where to correct first")
+    p.add_argument("--min-size", type=nonneg_int, default=0, metavar="N",
+                   help="give connected regions smaller than N pixels the class around them (per slice for a 2D "
+                        "model; default 0 = off)")
     p.add_argument("--crf", action="store_true",
                    help="refine with a fully connected CRF (2D, slice by slice; GLRP's post-processing); for compact "
                         "objects, not thin ones: it erases membranes")
@@ -421,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="CPU threads for torch (default: all cores; 1 is faster when other jobs share the CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--overwrite", action="store_true", help="replace --out / --probabilities if they exist (refused otherwise)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out / --probabilities / --uncertainty if they exist (refused otherwise)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="Dice and IoU per class as one JSON object",

@@ -1,7 +1,7 @@
 """The generator functions the widgets run in napari thread workers.
 
 They take arrays and plain parameter dataclasses (never layers or widgets), drive the core
-generators (``pretrain_job(...).events``, ``finetune_job(...).events``, ``predict_arrays``),
+generators (``pretrain_job(...).events``, ``finetune_job(...).events``, ``core.predict.predict_events``),
 and yield typed updates (:mod:`.updates`). Errors never escape: they are turned into a
 one-sentence :class:`~.updates.Failed` update, so the viewer shows one clear notification.
 """
@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -22,17 +22,13 @@ import torch
 
 from napari_regcon.core.bundle import as_bundle
 from napari_regcon.core.device import describe_device, get_device
+from napari_regcon.core.drive import relay
 from napari_regcon.core.errors import RegconError, is_out_of_memory
+from napari_regcon.core.inference import PredictEvent
+from napari_regcon.core.predict import PredictOptions, predict, predict_events
 from napari_regcon.core.volume import as_volume
-from napari_regcon.core.workflows import (
-    Job,
-    finetune_job,
-    predict_arrays,
-    pretrain_job,
-    run_predict,
-)
+from napari_regcon.core.workflows import Job, finetune_job, pretrain_job
 
-from .postprocess import crf_planes, find_crf, remove_small_regions, uncertainty_map
 from .state import PlaneTracker
 from .updates import (
     Failed,
@@ -86,19 +82,6 @@ class FinetuneParams(TrainParams):
     unlabeled: list[Any] = field(default_factory=list)
     preview: bool = True
     preview_every: float = 3.0
-
-
-@dataclass
-class PredictParams:
-    """Tiled prediction and the optional outputs / post-processing."""
-
-    channel_axis: int | None = None
-    probabilities: bool = False
-    uncertainty: str | None = None
-    min_size: int = 0
-    crf: bool = False
-    tile: Any = None
-    device: str = "auto"
 
 
 def user_message(exc: BaseException) -> str:
@@ -156,18 +139,13 @@ def _threads_for(device: str) -> Iterator[None]:
 def _relay(job: Job, stop: threading.Event, extra: Callable[[], Update | None] | None = None
            ) -> Iterator[Update]:
     """Run ``job`` and relay its events, batching step events to at most one per UPDATE_EVERY."""
-    gen = job.events(should_stop=stop.is_set)
     pending: list[tuple[int, float]] = []
     last = 0.0
     cancelled = False
     message = ""
-    ev = None
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as done:
-            bundle = done.value
-            break
+
+    def handle(ev: Any) -> Iterator[Update]:
+        nonlocal pending, last, cancelled, message
         if ev.event == "start":
             yield Started(ev.total, _device_name(job.config.device), detail=str(ev.device))
         elif ev.event == "step":
@@ -185,7 +163,9 @@ def _relay(job: Job, stop: threading.Event, extra: Callable[[], Update | None] |
         elif ev.event == "done" and ev.reason == "stable":
             message = (f"ended by itself after {ev.step} of {ev.total} steps: the prediction stopped changing "
                        "(raise Steps or train again for more)")
-    if pending and ev is not None:
+
+    bundle = yield from relay(job.events(should_stop=stop.is_set), handle)
+    if pending:
         step, loss = pending[-1]
         yield StepUpdate(step, job.config.steps, loss, 0.0, pending)
     if isinstance(extra, _Previewer) and not cancelled:
@@ -246,9 +226,7 @@ def predict_plane(bundle: dict, image: Any, channel_axis: int | None, z: int | N
     """
     axis = _z_axis(image, channel_axis)
     if axis is None:
-        labels, _ = run_predict(bundle, image, channel_axis=channel_axis, device=device,
-                                **_one_tile(bundle, image, channel_axis))
-        return None, labels
+        return None, predict(bundle, image, _preview_options(bundle, image, channel_axis, device)).labels
     nz = int(image.shape[axis])
     z = min(max(int(z or 0), 0), nz - 1)
     depth = min(max(1, depth), nz)
@@ -256,22 +234,22 @@ def predict_plane(bundle: dict, image: Any, channel_axis: int | None, z: int | N
     index = [slice(None)] * len(image.shape)
     index[axis] = slice(z0, z0 + depth)
     slab = image[tuple(index)]
-    labels, _ = run_predict(bundle, slab, channel_axis=channel_axis, device=device,
-                            **_one_tile(bundle, slab, channel_axis))
+    labels = predict(bundle, slab, _preview_options(bundle, slab, channel_axis, device)).labels
     return z, np.asarray(labels[z - z0])
 
 
 PREVIEW_MAX_PLANE = 1024 * 1024
 
 
-def _one_tile(bundle: dict, image: Any, channel_axis: int | None) -> dict:
-    """Tile options covering a preview plane in a single forward pass when it fits (<= 1024²): no
+def _preview_options(bundle: dict, image: Any, channel_axis: int | None, device: str) -> PredictOptions:
+    """One tile covering a preview plane (a single forward pass) when it fits (<= 1024²): no
     overlapping tiles to compute twice, so the preview takes about half the time of a tiled one."""
+    options = PredictOptions(channel_axis=channel_axis, device=device)
     spatial = as_volume(image, channel_axis).spatial_shape
     if spatial[-1] * spatial[-2] > PREVIEW_MAX_PLANE:
-        return {}
+        return options
     tile = spatial[-2:] if as_bundle(bundle).model.ndim == 2 else spatial[-3:]
-    return {"tile": tuple(int(t) for t in tile), "overlap": 0.0}
+    return replace(options, tile=tuple(int(t) for t in tile), overlap=0.0)
 
 
 class _Previewer:
@@ -328,56 +306,29 @@ def _finetune(image: Any, labels: Any, params: FinetuneParams, stop: threading.E
     yield from _relay(job, stop, previewer)
 
 
-def predict_updates(bundle: dict, image: Any, params: PredictParams, stop: threading.Event
+def predict_updates(bundle: dict, image: Any, options: PredictOptions, stop: threading.Event
                     ) -> Iterator[Update]:
-    """Worker body of the Predict widget: tiled prediction, then optional CRF / cleanup / uncertainty."""
-    yield from _guarded(_predict(bundle, image, params, stop), params.device)
+    """Worker body of the Predict widget: the prediction with the options' extras (core.predict)."""
+    yield from _guarded(_predict(bundle, image, options, stop), options.device)
 
 
-def _predict(bundle: dict, image: Any, params: PredictParams, stop: threading.Event) -> Iterator[Update]:
-    typed = as_bundle(bundle)
-    values, names = typed.classes.values, typed.classes.names
-    crf = find_crf() if params.crf else None
-    if params.crf and crf is None:
-        raise RegconError("CRF refinement is not available in this installation.")
-    need_probs = params.probabilities or params.uncertainty is not None or crf is not None
-    gen = predict_arrays(bundle, image, channel_axis=params.channel_axis, probabilities=need_probs,
-                         tile=params.tile, device=params.device, should_stop=stop.is_set)
-    last = 0.0
-    started = False
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as done:
-            labels, probs = done.value
-            break
-        if not started:
-            yield Started(ev.total, _device_name(params.device))
-            started = True
+def _predict(bundle: dict, image: Any, options: PredictOptions, stop: threading.Event) -> Iterator[Update]:
+    last, stage = 0.0, None
+
+    def handle(ev: PredictEvent) -> Iterator[Update]:
+        nonlocal last, stage
+        if stage is None:
+            yield Started(ev.total, _device_name(options.device))
         now = time.monotonic()
-        if now - last >= UPDATE_EVERY or ev.done == ev.total:
+        if ev.stage != stage or now - last >= UPDATE_EVERY or ev.done == ev.total:
             yield PredictProgress(ev.done, ev.total, ev.eta)
-            last = now
+            last, stage = now, ev.stage
+
+    result = yield from relay(predict_events(bundle, image, options, should_stop=stop.is_set), handle)
     if stop.is_set():
         yield Finished(None, cancelled=True, message="Prediction stopped; no layer was added.")
         return
-    notes = []
-    if crf is not None:
-        n = labels.shape[0] if labels.ndim == 3 else 1
-        last = 0.0
-        for z in crf_planes(crf, probs, image, params.channel_axis, typed.normalization, labels, values):
-            now = time.monotonic()
-            if stop.is_set():
-                yield Finished(None, cancelled=True, message="Prediction stopped; no layer was added.")
-                return
-            if now - last >= UPDATE_EVERY or z + 1 == n:
-                yield PredictProgress(z + 1, n, float("nan"))
-                last = now
-        notes.append("CRF-refined")
-    if params.min_size > 1:
-        per_plane = typed.model.ndim == 2
-        labels = remove_small_regions(labels, values, params.min_size, per_plane=per_plane)
-        notes.append(f"regions < {params.min_size} px removed")
-    unc = uncertainty_map(probs, params.uncertainty) if params.uncertainty else None
-    result = PredictResult(labels, probs if params.probabilities else None, unc, values, names, notes)
-    yield Finished(result)
+    notes = (["CRF-refined"] if options.crf else []) + \
+        ([f"regions < {options.min_size} px removed"] if options.min_size > 1 else [])
+    yield Finished(PredictResult(result.labels, result.probabilities, result.uncertainty, result.class_values,
+                                 result.class_names, notes))

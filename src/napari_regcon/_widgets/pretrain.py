@@ -16,12 +16,13 @@ from superqt import QCollapsible
 from napari_regcon.core.bundle import as_bundle
 from napari_regcon.core.device import describe_device, get_device
 from napari_regcon.core.errors import RegconError
+from napari_regcon.core.options import parse_params
 from napari_regcon.core.pretext import PRETEXTS
 
 from .common import LayerChecklist, ModelPicker, hint
 from .jobs import PretrainParams, cpu_threads, pretrain_updates
 from .layers import layer_array, output_geometry
-from .options import PRESETS, NetworkOptions, TrainOptions, parse_params
+from .options import PRESETS, NetworkOptions, TrainOptions
 from .progress import RunPanel
 from .runner import Runner
 from .state import ModelEntry, RunState, RunStatus, Session

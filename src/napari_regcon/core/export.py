@@ -255,13 +255,14 @@ def export_bioimageio(model: str | Path, out: str | Path, *, image: Any = None, 
     if cfg.ndim == 3 and not vol.is_3d:
         raise RegconError("This is a 3D model, but the test image is 2D; give it a ZYX stack.")
 
-    from .workflows import run_predict
+    from .predict import PredictOptions, predict
 
     raw = _crop(vol, cfg)
     spatial = raw.shape[1:]
     # the expected output is what our own predictor gives (one tile covering the crop)
     # (a copy: Volume.read returns a view of float32 input, which the predictor normalises in place)
-    _, probs = run_predict(bundle, raw.copy(), channel_axis=0, probabilities=True, tile=spatial, device="cpu")
+    probs = predict(typed, raw.copy(), PredictOptions(channel_axis=0, probabilities=True, tile=spatial,
+                                                      device="cpu")).probabilities
     probs = np.ascontiguousarray(probs, np.float32)
     assert typed.normalization is not None  # a segmentation bundle always has one (Bundle.validate)
     gain, offset = _scale_linear(typed.normalization)

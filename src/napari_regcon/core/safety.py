@@ -89,8 +89,9 @@ def check_outputs_differ(outputs: Iterable[str | Path | None]) -> None:
 # --- stale temporary files --------------------------------------------------------------------
 
 def _temp_pattern(name: str) -> re.Pattern[str]:
-    # tempfile.mkdtemp/mkstemp add 8 characters of [a-z0-9_]; save_bundle adds ".tmp"; predict --crf uses ".crf-"
-    return re.compile(rf"^\.{re.escape(name)}\.(crf-)?[a-z0-9_]{{8}}(\.tmp)?(\.files)?$")
+    # tempfile.mkdtemp/mkstemp add 8 characters of [a-z0-9_]; save_bundle adds ".tmp"; the scratch
+    # probabilities of a post-processed prediction go to ".probs-" (".crf-" before 0.2)
+    return re.compile(rf"^\.{re.escape(name)}\.(crf-|probs-)?[a-z0-9_]{{8}}(\.tmp)?(\.files)?$")
 
 
 def stale_temps(out: str | Path) -> list[Path]:

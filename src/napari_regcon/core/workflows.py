@@ -1,9 +1,10 @@
-"""High-level jobs shared by the CLI and the napari widgets: pretrain, fine-tune, predict.
+"""High-level jobs shared by the CLI and the napari widgets: pretrain and fine-tune.
 
 Each front door passes arrays (numpy, dask, zarr) and plain parameters; nothing here knows
 about layers or Qt. A :class:`Job` is built eagerly (so bad input fails before any training)
 and then run as a generator of :class:`~napari_regcon.core.training.Progress` events whose
-return value is the final model bundle.
+return value is the final model bundle. Prediction is :mod:`napari_regcon.core.predict`
+(``predict_arrays`` and ``run_predict`` are importable from here too, as in earlier versions).
 """
 
 from __future__ import annotations
@@ -12,9 +13,6 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import torch
 
 from .bundle import (
     DEFAULT_TRANSFER,
@@ -30,7 +28,6 @@ from .bundle import (
 )
 from .drive import drive
 from .errors import RegconError
-from .inference import iter_predict
 from .labels import build_labelset
 from .models import (
     UNet,
@@ -40,6 +37,8 @@ from .models import (
     transferable_state,
 )
 from .normalize import fit_normalization
+from .options import parse_patch
+from .predict import predict_arrays, run_predict  # noqa: F401  (the Python API of earlier versions)
 from .pretext import get_pretext
 from .pretext.base import Task
 from .recipes import Recipe, choose_recipe
@@ -78,26 +77,6 @@ class Job:
             callback: Callable[[Progress], None] | None = None) -> dict:
         """Train to the end (or until ``should_stop``), returning the final bundle."""
         return drive(self.events(out, should_stop), callback)
-
-
-def parse_patch(value: str | int | Sequence[int] | None, ndim: int) -> tuple[int, ...] | None:
-    """Parse ``128`` or ``16,64,64`` into a per-axis patch size for an ``ndim`` model."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        try:
-            parts = [int(v) for v in value.replace("x", ",").split(",") if v.strip()]
-        except ValueError:
-            raise RegconError(f"Cannot read the patch size {value!r}; write e.g. 128 or 16,64,64.") from None
-    elif isinstance(value, int):
-        parts = [value]
-    else:
-        parts = [int(v) for v in value]
-    if len(parts) == 1:
-        parts = parts * 2 if ndim == 2 else [max(1, parts[0] // 4), parts[0], parts[0]]
-    if len(parts) != ndim or any(p < 1 for p in parts):
-        raise RegconError(f"The patch size {value!r} does not fit a {ndim}D model; give 1 or {ndim} positive numbers.")
-    return tuple(parts)
 
 
 def _volumes(images: Sequence[Any], channel_axis: int | None, ndim: int) -> list[Volume]:
@@ -283,46 +262,3 @@ def load_init(model: UNet, init: Bundle | dict) -> list[str]:
     missing, unexpected = model.load_state_dict(chosen, strict=False)
     assert not unexpected
     return list(missing)
-
-
-def predict_arrays(bundle: dict, image: Any, *, channel_axis: int | None = None, probabilities: bool = False,
-                   out_labels: Any | None = None, out_probs: Any | None = None, tile: Any = None,
-                   overlap: float = 0.25, batch_size: int = 4, device: str = "auto",
-                   should_stop: Callable[[], bool] | None = None, zrange: tuple[int, int] | None = None,
-                   skip: Any = None, on_unit_done: Callable[[int], None] | None = None,
-                   ) -> Generator[Any, None, tuple[Any, Any]]:
-    """Predict ``image`` with a segmentation bundle; yields progress, returns (labels, probabilities).
-
-    Outputs go into ``out_labels`` / ``out_probs`` when given (e.g. zarr stores), else into new
-    numpy arrays.
-    """
-    typed = as_bundle(bundle)
-    if not typed.is_segmentation:
-        raise RegconError("This bundle is a pretrained (self-supervised) model without classes; fine-tune it on labels before predicting.")
-    model = typed.build_model()
-    vol = as_volume(image, typed.channel_axis(channel_axis))
-    if vol.shape[0] != model.config.in_channels:
-        raise RegconError(f"The model expects {model.config.in_channels} channel(s) but the image has shape {tuple(image.shape)}; check the channel axis.")
-    norm = typed.normalization
-    values = typed.classes.values
-    spatial = vol.spatial_shape
-    if out_labels is None:
-        out_labels = np.zeros(spatial, typed.label_dtype)
-    if probabilities and out_probs is None:
-        out_probs = np.zeros((len(values), *spatial), np.float32)
-    tile_t = parse_patch(tile, model.config.ndim) if tile is not None else None
-    yield from iter_predict(model, vol, norm, out_labels, out_probs, values, tile=tile_t, overlap=overlap,
-                           batch_size=batch_size, device=device, should_stop=should_stop, zrange=zrange,
-                          skip=skip, on_unit_done=on_unit_done)
-    return out_labels, out_probs
-
-
-def run_predict(bundle: dict, image: Any, callback: Callable[[Any], None] | None = None, **kwargs: Any
-                ) -> tuple[Any, Any]:
-    """Consume :func:`predict_arrays` and return its result."""
-    return drive(predict_arrays(bundle, image, **kwargs), callback)
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
