@@ -92,7 +92,9 @@ class _Interrupted(Exception):
 @guarded(["out"], ["images", "resume"], bundle=True, images=["images"])
 def cmd_pretrain(a: argparse.Namespace) -> int:
     from napari_regcon.core.checkpoint import check_writable, load_bundle
-    from napari_regcon.core.options import parse_params
+    from napari_regcon.core.io import read_voxel_size
+    from napari_regcon.core.options import PretrainOptions, fill, parse_params
+    from napari_regcon.core.pretext import with_voxel_size
     from napari_regcon.core.safety import check_resume
     from napari_regcon.core.workflows import pretrain_job
 
@@ -101,19 +103,13 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
     params = parse_params(a.param or [], "--param")
     if a.method == "mim":
         params = {"ratio": a.mask_ratio, "patch": a.mask_patch, "mask": a.mask, **params}
-        if a.ndim == 3 and "voxel_size" not in params:
-            from napari_regcon.core.io import read_voxel_size
-            voxel = read_voxel_size(a.images[0])
-            if voxel is not None and len(voxel) == 3:
-                params["voxel_size"] = list(voxel)
+    if a.ndim == 3:
+        params = with_voxel_size(a.method, params, a.ndim, read_voxel_size(a.images[0]))
     resume = load_bundle(a.resume) if a.resume else None
     if resume is not None:
         check_resume(resume, a.resume, "pretrain", a.steps, a.method)
-    job = pretrain_job(images, a.method, ndim=a.ndim, channel_axis=a.channel_axis, patch_size=a.patch_size,
-                       steps=a.steps, batch_size=a.batch_size, lr=a.lr, base=a.base, depth=a.depth, seed=a.seed,
-                       device=a.device, method_params=params, resume=resume,
-                       checkpoint_every=a.checkpoint_every, sources=[str(p) for p in a.images],
-                       precision=a.precision)
+    job = pretrain_job(images, options=fill(PretrainOptions, a, method_params=params), resume=resume,
+                       sources=[str(p) for p in a.images])
     if a.method == "mim" and not a.quiet:
         voxel = params.get("voxel_size")
         where = f"voxel size (z, y, x) {' x '.join(f'{v:g}' for v in voxel)} from {a.images[0]}; " if voxel else ""
@@ -128,6 +124,7 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
 @guarded(["out"], ["image", "labels", "init", "resume", "unlabeled"], bundle=True, images=["image", "unlabeled"])
 def cmd_finetune(a: argparse.Namespace) -> int:
     from napari_regcon.core.checkpoint import check_writable, load_bundle, load_model_source
+    from napari_regcon.core.options import FinetuneOptions, fill
     from napari_regcon.core.safety import check_class_count, check_resume
     from napari_regcon.core.workflows import finetune_job
 
@@ -140,11 +137,8 @@ def cmd_finetune(a: argparse.Namespace) -> int:
     unlabeled = [_read(p, "unlabeled image") for p in (a.unlabeled or [])]
     check_writable(a.out)
     names = [n.strip() for n in a.class_names.split(",")] if a.class_names else None
-    job = finetune_job(image, labels, init=init, dense=a.dense, ndim=a.ndim, channel_axis=a.channel_axis,
-                       patch_size=a.patch_size, steps=a.steps, batch_size=a.batch_size, lr=a.lr, base=a.base,
-                       depth=a.depth, seed=a.seed, device=a.device, class_names=names, resume=resume,
-                       checkpoint_every=a.checkpoint_every, unlabeled=unlabeled, sources=[a.image, a.labels],
-                       recipe=a.recipe, precision=a.precision)
+    job = finetune_job(image, labels, fill(FinetuneOptions, a, class_names=names), init=init, resume=resume,
+                       unlabeled=unlabeled, sources=[a.image, a.labels])
     check_class_count(job.info["classes"].values, a.labels)
     if not a.quiet:
         print(f"fine-tune: recipe '{job.info['recipe'].name}'"
@@ -256,13 +250,18 @@ def _add_common_training(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument("--base", type=positive_int, default=16, help="U-Net width of the first level (default 16)")
     p.add_argument("--depth", type=positive_int, default=3, help="U-Net poolings (default 3)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
+    _add_run_options(p)
+    p.add_argument("--resume", default=None, metavar="BUNDLE", help="continue an interrupted run from its bundle")
+    p.add_argument("--checkpoint-every", type=nonneg_int, default=100, help="save the bundle every N steps (default 100)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (refused otherwise)")
+
+
+def _add_run_options(p: argparse.ArgumentParser, quiet: str = "no progress bar") -> None:
+    """--device, --threads and --quiet: how every command that computes runs (``quiet``: its help)."""
     p.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda or mps")
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="CPU threads for torch (default: all cores; 1 is faster when other jobs share the CPU)")
-    p.add_argument("--resume", default=None, metavar="BUNDLE", help="continue an interrupted run from its bundle")
-    p.add_argument("--checkpoint-every", type=nonneg_int, default=100, help="save the bundle every N steps (default 100)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (refused otherwise)")
+    p.add_argument("--quiet", action="store_true", help=quiet)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -332,10 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=4, help="tiles per forward pass (default 4)")
     p.add_argument("--channel-axis", type=int, default=None,
                    help="axis of the channels (default: the bundle's, or the colour axis of an RGB image)")
-    p.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda or mps")
-    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                   help="CPU threads for torch (default: all cores; 1 is faster when other jobs share the CPU)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_run_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace --out / --probabilities / --uncertainty if they exist (refused otherwise)")
     p.set_defaults(func=cmd_predict)
 
@@ -357,10 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrain-steps", type=positive_int, default=150, help="self-supervised steps (default 150)")
     p.add_argument("--finetune-steps", type=positive_int, default=250, help="fine-tuning steps (default 250)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
-    p.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda or mps")
-    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                   help="CPU threads for torch (default: all cores; 1 is faster when other jobs share the CPU)")
-    p.add_argument("--quiet", action="store_true", help="no progress messages")
+    _add_run_options(p, quiet="no progress messages")
     p.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --out folder")
     p.set_defaults(func=cmd_demo)
 

@@ -20,6 +20,7 @@ from napari_regcon.core.checkpoint import check_writable
 from napari_regcon.core.errors import RegconError
 from napari_regcon.core.io import atomic_path, write_array
 from napari_regcon.core.metrics import scores
+from napari_regcon.core.options import FinetuneOptions, PretrainOptions
 from napari_regcon.core.predict import PredictOptions, predict
 from napari_regcon.core.workflows import finetune_job, pretrain_job
 from napari_regcon.sample_data import load_sample
@@ -65,13 +66,14 @@ def run_demo(out: str | Path = "regcon-demo", pretrain_steps: int = 150, finetun
     _log(f"sample: ISBI 2012 ssTEM crop {raw.shape}; labels on slice 0 only ({CELL} = cell interior, {MEMBRANE} = membrane)", quiet)
 
     _log(f"1/3 self-supervised pretraining (masked image modelling), {pretrain_steps} steps", quiet)
-    job = pretrain_job([raw], "mim", steps=pretrain_steps, seed=seed, device=device, checkpoint_every=0)
+    job = pretrain_job([raw], options=PretrainOptions(method="mim", steps=pretrain_steps, seed=seed, device=device,
+                                                      checkpoint_every=0))
     pretrained = job.run(out=out / "pretrained.pt", callback=progress_bar("pretrain", quiet))
     t_pre = time.perf_counter() - t0
 
     _log(f"2/3 fine-tuning on one labeled slice, {finetune_steps} steps", quiet)
-    job = finetune_job(raw, labels, init=pretrained, steps=finetune_steps, seed=seed, device=device,
-                       class_names=["cell interior", "membrane"], checkpoint_every=0)
+    job = finetune_job(raw, labels, FinetuneOptions(steps=finetune_steps, seed=seed, device=device, checkpoint_every=0,
+                                                    class_names=["cell interior", "membrane"]), init=pretrained)
     model = job.run(out=out / "model.pt", callback=progress_bar("fine-tune", quiet))
     t_ft = time.perf_counter() - t0 - t_pre
 

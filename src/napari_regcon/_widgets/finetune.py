@@ -21,6 +21,7 @@ from superqt import QCollapsible
 
 from napari_regcon.core.bundle import as_bundle
 from napari_regcon.core.errors import RegconError
+from napari_regcon.core.options import FinetuneOptions
 
 from .common import LayerChecklist, LayerCombo, ModelPicker, hint, row
 from .jobs import FinetuneParams, finetune_updates
@@ -189,10 +190,10 @@ class FinetuneWidget(QWidget):
                               f"'{img.name}' has spatial shape {want}; use 'New labels layer' to make a matching one.")
         names = class_names_of(lab) or parse_class_names(self.classes.text())
         entry = self.init.current()
-        params = FinetuneParams(init=entry.bundle if entry else None, class_names=names,
+        options = FinetuneOptions(channel_axis=ca, **self.options.values(), **self.network.values())
+        params = FinetuneParams(options, init=entry.bundle if entry else None, class_names=names,
                                 unlabeled=[layer_array(ly) for ly in self.unlabeled.checked_layers()],
-                                preview=self.preview.isChecked(), preview_every=self.preview_every, channel_axis=ca,
-                                **self.options.values(), **self.network.values())
+                                preview=self.preview.isChecked(), preview_every=self.preview_every)
         tracker = PlaneTracker(current_plane(self.viewer, img, ca))
         preview_on = threading.Event()
         preview_on.set()

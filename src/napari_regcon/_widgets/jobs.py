@@ -25,6 +25,7 @@ from napari_regcon.core.device import describe_device, get_device
 from napari_regcon.core.drive import relay
 from napari_regcon.core.errors import RegconError, is_out_of_memory
 from napari_regcon.core.inference import PredictEvent
+from napari_regcon.core.options import FinetuneOptions, PretrainOptions
 from napari_regcon.core.predict import PredictOptions, predict, predict_events
 from napari_regcon.core.volume import as_volume
 from napari_regcon.core.workflows import Job, finetune_job, pretrain_job
@@ -50,33 +51,11 @@ THREADS_ENV = "NAPARI_REGCON_THREADS"
 
 
 @dataclass
-class TrainParams:
-    """Settings shared by pretraining and fine-tuning (see ``core.workflows``)."""
+class FinetuneParams:
+    """What the Fine-tune widget hands its worker: the training options, and what only the widget has
+    (the start bundle, class names by label value, unlabeled layers, the live preview)."""
 
-    ndim: int = 2
-    patch_size: str | int | None = None
-    steps: int = 400
-    batch_size: int = 8
-    lr: float = 1e-3
-    base: int = 16
-    depth: int = 3
-    channel_axis: int | None = None
-    seed: int = 0
-    device: str = "auto"
-
-
-@dataclass
-class PretrainParams(TrainParams):
-    """Self-supervised pretraining: the pretext ``method`` and its extra parameters."""
-
-    method: str = "mim"
-    method_params: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class FinetuneParams(TrainParams):
-    """Fine-tuning on sparse labels, optionally from a bundle and with a live preview."""
-
+    options: FinetuneOptions = field(default_factory=FinetuneOptions)
     init: dict | None = None
     class_names: dict[int, str] = field(default_factory=dict)
     unlabeled: list[Any] = field(default_factory=list)
@@ -184,17 +163,14 @@ def _guarded(body: Iterator[Update], device: str) -> Iterator[Update]:
         yield Failed(user_message(exc))
 
 
-def pretrain_updates(images: Sequence[Any], params: PretrainParams, stop: threading.Event
+def pretrain_updates(images: Sequence[Any], options: PretrainOptions, stop: threading.Event
                      ) -> Iterator[Update]:
     """Worker body of the Pretrain widget."""
-    yield from _guarded(_pretrain(images, params, stop), params.device)
+    yield from _guarded(_pretrain(images, options, stop), options.device)
 
 
-def _pretrain(images: Sequence[Any], params: PretrainParams, stop: threading.Event) -> Iterator[Update]:
-    job = pretrain_job(list(images), params.method, ndim=params.ndim, channel_axis=params.channel_axis,
-                       patch_size=params.patch_size, steps=params.steps, batch_size=params.batch_size,
-                       lr=params.lr, base=params.base, depth=params.depth, seed=params.seed,
-                       device=params.device, method_params=params.method_params, checkpoint_every=0)
+def _pretrain(images: Sequence[Any], options: PretrainOptions, stop: threading.Event) -> Iterator[Update]:
+    job = pretrain_job(list(images), options=replace(options, checkpoint_every=0))
     yield from _relay(job, stop)
 
 
@@ -268,8 +244,9 @@ class _Previewer:
         if not self.enabled.is_set() or (now < self.next_at and not force):
             return None
         bundle = self.job.bundle_fn(self.job.model, {"step": [], "loss": []}, {})
-        z, labels = predict_plane(bundle, self.image, self.params.channel_axis, self.plane.get(),
-                                  self.depth, self.params.device)
+        options = self.params.options
+        z, labels = predict_plane(bundle, self.image, options.channel_axis, self.plane.get(), self.depth,
+                                  options.device)
         cost = time.monotonic() - now
         if not force and len(np.unique(labels)) < 2:
             # a one-class wash says nothing yet (the first steps): look again soon instead
@@ -284,7 +261,7 @@ def finetune_updates(image: Any, labels: Any, params: FinetuneParams, stop: thre
                      plane: PlaneTracker | None = None, preview_on: threading.Event | None = None
                      ) -> Iterator[Update]:
     """Worker body of the Fine-tune widget: snapshot the labels, train, preview now and then."""
-    yield from _guarded(_finetune(image, labels, params, stop, plane, preview_on), params.device)
+    yield from _guarded(_finetune(image, labels, params, stop, plane, preview_on), params.options.device)
 
 
 def _finetune(image: Any, labels: Any, params: FinetuneParams, stop: threading.Event,
@@ -292,11 +269,8 @@ def _finetune(image: Any, labels: Any, params: FinetuneParams, stop: threading.E
     labels = np.array(labels, copy=True)  # painting during the run does not change its targets
     values = [int(v) for v in np.unique(labels) if v > 0]
     names = [params.class_names.get(v, f"class {v}") for v in values] if len(values) >= 2 else None
-    job = finetune_job(image, labels, init=params.init, ndim=params.ndim, channel_axis=params.channel_axis,
-                       patch_size=params.patch_size, steps=params.steps, batch_size=params.batch_size,
-                       lr=params.lr, base=params.base, depth=params.depth, seed=params.seed,
-                       device=params.device, class_names=names, unlabeled=params.unlabeled or None,
-                       checkpoint_every=0)
+    job = finetune_job(image, labels, replace(params.options, class_names=names, checkpoint_every=0),
+                       init=params.init, unlabeled=params.unlabeled or None)
     previewer = None
     if params.preview and plane is not None:
         if preview_on is None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 import threading
@@ -16,11 +15,11 @@ from superqt import QCollapsible
 from napari_regcon.core.bundle import as_bundle
 from napari_regcon.core.device import describe_device, get_device
 from napari_regcon.core.errors import RegconError
-from napari_regcon.core.options import parse_params
-from napari_regcon.core.pretext import PRETEXTS
+from napari_regcon.core.options import PretrainOptions, parse_params
+from napari_regcon.core.pretext import PRETEXTS, with_voxel_size
 
 from .common import LayerChecklist, ModelPicker, hint
-from .jobs import PretrainParams, cpu_threads, pretrain_updates
+from .jobs import cpu_threads, pretrain_updates
 from .layers import layer_array, output_geometry
 from .options import PRESETS, NetworkOptions, TrainOptions
 from .progress import RunPanel
@@ -146,17 +145,6 @@ class PretrainWidget(QWidget):
         self._suggested = PRESETS[self.preset.currentIndex()].params_for(self.method.currentData() or "")
         self.method_params.setText(self._suggested)
 
-    def _voxel_size(self, params: dict[str, Any], method: str, layer: Any, channel_axis: int | None,
-                    ndim: int) -> None:
-        """Give methods that take ``voxel_size`` the layer's scale (3D, anisotropic) unless set."""
-        try:
-            accepts = "voxel_size" in inspect.signature(PRETEXTS[method].__init__).parameters
-        except (TypeError, ValueError):
-            accepts = False
-        scale = output_geometry(layer, channel_axis)["scale"]
-        if accepts and ndim == 3 and "voxel_size" not in params and len(scale) == 3 and len(set(scale)) > 1:
-            params["voxel_size"] = [float(v) for v in scale]
-
     def _prepare(self, stop: threading.Event) -> tuple:
         layers = self.images.checked_layers()
         if not layers:
@@ -165,14 +153,13 @@ class PretrainWidget(QWidget):
         if method not in PRETEXTS:
             raise RegconError(f"The method {method!r} is no longer available; choose another one.")
         channel_axis = self.network.channel_axis.resolve(layers[0])
-        extra = parse_params(self.method_params.text())
-        options = self.options.values()
-        self._voxel_size(extra, method, layers[0], channel_axis, options["ndim"])
-        params = PretrainParams(method=method, channel_axis=channel_axis, method_params=extra,
-                                **options, **self.network.values())
-        images = [layer_array(ly) for ly in layers]
-        self._names = [ly.name for ly in layers]
-        return pretrain_updates, (images, params, stop)
+        form = self.options.values()
+        scale = output_geometry(layers[0], channel_axis)["scale"]  # napari's default (1, 1, 1) says nothing
+        extra = with_voxel_size(method, parse_params(self.method_params.text()), form["ndim"],
+                                [float(v) for v in scale] if len(set(scale)) > 1 else None)
+        options = PretrainOptions(method=method, channel_axis=channel_axis, method_params=extra,
+                                  **form, **self.network.values())
+        return pretrain_updates, ([layer_array(ly) for ly in layers], options, stop)
 
     def _on_update(self, upd: Update) -> None:
         if isinstance(upd, StepUpdate) and self.panel.plot is not None:

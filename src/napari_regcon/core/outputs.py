@@ -28,7 +28,8 @@ from .bundle import Bundle, as_bundle
 from .errors import RegconError
 from .inference import PredictEvent
 from .io import atomic_path, close_output, create_output, create_zarr, file_suffix
-from .predict import PredictOptions, predict_events, prepare, with_fields
+from .options import with_fields
+from .predict import PredictOptions, predict_events, prepare
 from .volume import as_volume
 
 PROGRESS_KEY = "napari_regcon_progress"
@@ -95,7 +96,7 @@ def predict_to_files(bundle: Bundle | dict, image: Any, out: str | Path, probabi
     out = Path(out)
     probs_path = Path(probabilities) if probabilities else None
     unc_path = Path(uncertainty) if uncertainty else None
-    opts = with_fields(options, **fields)
+    opts = with_fields(PredictOptions, options, **fields)
     opts = replace(opts, probabilities=probs_path is not None,
                    uncertainty=(opts.uncertainty or "entropy") if unc_path is not None else None)
     typed = prepare(bundle)

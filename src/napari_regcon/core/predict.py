@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Generator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,7 @@ from .bundle import Bundle, as_bundle
 from .drive import drive
 from .errors import RegconError
 from .inference import PredictEvent, iter_predict
-from .options import parse_patch
+from .options import parse_patch, with_fields
 from .postprocess import (
     UNCERTAINTY_KINDS,
     crf_refine_into,
@@ -168,7 +168,7 @@ _ARRAY_ARGS = ("out_labels", "out_probs", "should_stop", "zrange", "skip", "on_u
 def predict_arrays(bundle: Bundle | dict, image: Any, **kwargs: Any) -> Generator[PredictEvent, None, tuple[Any, Any]]:
     """:func:`predict_events` with the options as keywords, returning ``(labels, probabilities)``."""
     passed = {k: kwargs.pop(k) for k in _ARRAY_ARGS if k in kwargs}
-    result = yield from predict_events(bundle, image, with_fields(None, **kwargs), **passed)
+    result = yield from predict_events(bundle, image, with_fields(PredictOptions, None, **kwargs), **passed)
     return result.labels, result.probabilities
 
 
@@ -176,8 +176,3 @@ def run_predict(bundle: Bundle | dict, image: Any, callback: Callable[[Any], Non
                 ) -> tuple[Any, Any]:
     """:func:`predict_arrays` run to the end: ``(labels, probabilities)``."""
     return drive(predict_arrays(bundle, image, **kwargs), callback)
-
-
-def with_fields(options: PredictOptions | None, **fields: Any) -> PredictOptions:
-    """``options`` (default :class:`PredictOptions`) with some fields replaced."""
-    return replace(options or PredictOptions(), **fields)

@@ -37,11 +37,11 @@ from .models import (
     transferable_state,
 )
 from .normalize import fit_normalization
-from .options import parse_patch
+from .options import FinetuneOptions, PretrainOptions, parse_patch, with_fields
 from .predict import predict_arrays, run_predict  # noqa: F401  (the Python API of earlier versions)
 from .pretext import get_pretext
 from .pretext.base import Task
-from .recipes import Recipe, choose_recipe
+from .recipes import choose_recipe
 from .safety import load_resumed_weights
 from .sampling import (
     PatchSampler,
@@ -117,78 +117,81 @@ def model_from_bundle(bundle: Bundle | dict) -> UNet:
     return as_bundle(bundle).build_model()
 
 
-def pretrain_job(images: Sequence[Any], method: str = "mim", *, ndim: int = 2, channel_axis: int | None = None,
-                 patch_size: Any = None, steps: int = 1000, batch_size: int = 8, lr: float = 1e-3,
-                 base: int = 16, depth: int = 3, seed: int = 0, device: str = "auto",
-                 method_params: dict | None = None, resume: dict | None = None,
-                 checkpoint_every: int = 100, sources: list[str] | None = None, precision: str = "auto") -> Job:
-    """Build a self-supervised pretraining job on unlabeled ``images``."""
+def pretrain_job(images: Sequence[Any], method: str | None = None, options: PretrainOptions | None = None, *,
+                 resume: Bundle | dict | None = None, sources: list[str] | None = None, **fields: Any) -> Job:
+    """Build a self-supervised pretraining job on unlabeled ``images``.
+
+    ``options`` (:class:`~napari_regcon.core.options.PretrainOptions`), or its fields as keywords
+    (``steps=...``), say how; ``method`` is a shortcut for ``options.method``. ``resume`` continues
+    an interrupted run from its bundle; ``sources`` (file names) are recorded in the bundle.
+    """
+    if method is not None:
+        fields["method"] = method
+    o = with_fields(PretrainOptions, options, **fields)
     if not images:
         raise RegconError("Give at least one image to pretrain on.")
-    task = get_pretext(method, **(method_params or {}))
-    vols = _volumes(images, channel_axis, ndim)
+    task = get_pretext(o.method, **(o.method_params or {}))
+    vols = _volumes(images, o.channel_axis, o.ndim)
     for v in vols:
-        task.check_input(v.shape, ndim)
+        task.check_input(v.shape, o.ndim)
     norm = fit_normalization(vols)
-    patch = _patch(patch_size, vols, ndim, UNetConfig(depth=depth))
-    cfg = _config(ndim, vols[0].shape[0], task.out_channels(vols[0].shape[0]), patch, base, depth)
-    seed_everything(seed)
+    patch = _patch(o.patch_size, vols, o.ndim, UNetConfig(depth=o.depth))
+    cfg = _config(o.ndim, vols[0].shape[0], task.out_channels(vols[0].shape[0]), patch, o.base, o.depth)
+    seed_everything(o.seed)
     model = build_model(cfg)
     if resume is not None:
         load_resumed_weights(model, resume)
-    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                         weight_decay=0.05 if method == "mim" else 1e-4, checkpoint_every=checkpoint_every,
-                         precision=precision)
-    sampler = PatchSampler(vols, norm, patch, seed=seed)
+    config = TrainConfig(steps=o.steps, batch_size=o.batch_size, lr=o.lr, seed=o.seed, device=o.device,
+                         weight_decay=task.weight_decay, checkpoint_every=o.checkpoint_every, precision=o.precision)
+    sampler = PatchSampler(vols, norm, patch, seed=o.seed)
 
     def bundle_fn(m: UNet, history: dict, state: dict) -> dict:
         return Bundle("pretrained", cfg, cpu_weights(m.state_dict()), norm,
-                      pretext=PretextInfo(method, task.params(), list(task.transfer), state.get("step", 0)),
+                      pretext=PretextInfo(o.method, task.params(), list(task.transfer), state.get("step", 0)),
                       history=History.from_dict(history), training=TrainingInfo.from_dict(state),
-                      data=DataInfo(list(patch), channel_axis, list(sources or []))).to_dict()
+                      data=DataInfo(list(patch), o.channel_axis, list(sources or []))).to_dict()
 
     return Job(model, task, sampler, config, bundle_fn, _resume_state(resume),
-               {"patch": patch, "normalization": norm, "method": method})
+               {"patch": patch, "normalization": norm, "method": o.method})
 
 
-def finetune_job(image: Any, labels: Any, *, init: dict | None = None, dense: bool = False, ndim: int = 2,
-                 channel_axis: int | None = None, patch_size: Any = None, steps: int = 400,
-                 batch_size: int = 8, lr: float = 1e-3, base: int = 16, depth: int = 3, seed: int = 0,
-                 device: str = "auto", class_names: Sequence[str] | None = None, resume: dict | None = None,
-                 checkpoint_every: int = 100, unlabeled: Sequence[Any] | None = None,
-                 sources: list[str] | None = None, semi_params: dict | None = None,
-                 recipe: str | Recipe | None = "auto", recipe_params: dict | None = None,
-                 precision: str = "auto") -> Job:
+def finetune_job(image: Any, labels: Any, options: FinetuneOptions | None = None, *,
+                 init: Bundle | dict | None = None, resume: Bundle | dict | None = None,
+                 unlabeled: Sequence[Any] | None = None, sources: list[str] | None = None, **fields: Any) -> Job:
     """Build a fine-tuning job on ``labels`` (sparse: 0 = not annotated; ``dense``: 0 = a class).
 
-    ``init`` is a bundle (pretrained or segmentation) whose architecture and transferable
-    weights start the network; without it ``ndim``, ``base`` and ``depth`` define a fresh one.
-    With ``unlabeled`` images the job is semi-supervised (:class:`SemiSupervisedTask`, options in
-    ``semi_params``); their unannotated patches and the labeled image's are the unlabeled pool.
-    ``recipe`` (:mod:`~napari_regcon.core.recipes`: ``auto``, ``strokes``, ``dense``) fits loss,
-    sampling and stopping to the labels; ``auto`` picks ``strokes`` for sparse painting.
+    ``options`` (:class:`~napari_regcon.core.options.FinetuneOptions`), or its fields as keywords
+    (``steps=...``), say how. ``init`` is a bundle (pretrained or segmentation) whose architecture
+    and transferable weights start the network; without it ``ndim``, ``base`` and ``depth`` define
+    a fresh one. With ``unlabeled`` images the job is semi-supervised (:class:`SemiSupervisedTask`,
+    options in ``semi_params``); their unannotated patches and the labeled image's are the
+    unlabeled pool. ``recipe`` (:mod:`~napari_regcon.core.recipes`: ``auto``, ``strokes``,
+    ``dense``) fits loss, sampling and stopping to the labels; ``auto`` picks ``strokes`` for
+    sparse painting. ``resume`` continues an interrupted run from its bundle.
     """
+    o = with_fields(FinetuneOptions, options, **fields)
+    ndim, base, depth = o.ndim, o.base, o.depth
     init_b = as_bundle(init) if init is not None else None
     resume_b = as_bundle(resume) if resume is not None else None
     if init_b is not None:
         icfg = init_b.model
         ndim, base, depth = icfg.ndim, icfg.base, icfg.depth
-    vol = _volumes([image], channel_axis, ndim)[0]
-    labelset = build_labelset(labels, vol.spatial_shape, dense=dense, seed=seed)
-    if class_names is not None and len(class_names) != labelset.n_classes:
-        raise RegconError(f"{len(class_names)} class names were given for {labelset.n_classes} classes ({labelset.class_values}).")
-    vols_u = _volumes(list(unlabeled), channel_axis, ndim) if unlabeled else []
+    vol = _volumes([image], o.channel_axis, ndim)[0]
+    labelset = build_labelset(labels, vol.spatial_shape, dense=o.dense, seed=o.seed)
+    if o.class_names is not None and len(o.class_names) != labelset.n_classes:
+        raise RegconError(f"{len(o.class_names)} class names were given for {labelset.n_classes} classes ({labelset.class_values}).")
+    vols_u = _volumes(list(unlabeled), o.channel_axis, ndim) if unlabeled else []
     norm = fit_normalization([vol, *vols_u])
     if init_b is not None:
         if icfg.in_channels != vol.shape[0]:
             raise RegconError(f"The initial model expects {icfg.in_channels} channel(s) but the image has {vol.shape[0]}.")
-        patch = _patch(patch_size or init_b.data.patch_size, [vol], ndim, icfg)
+        patch = _patch(o.patch_size or init_b.data.patch_size, [vol], ndim, icfg)
         cfg = UNetConfig(ndim=ndim, in_channels=icfg.in_channels, out_channels=labelset.n_classes, base=base,
                          depth=depth, pool_z=list(icfg.pool_z))
     else:
-        patch = _patch(patch_size, [vol], ndim, UNetConfig(depth=depth))
+        patch = _patch(o.patch_size, [vol], ndim, UNetConfig(depth=depth))
         cfg = _config(ndim, vol.shape[0], labelset.n_classes, patch, base, depth)
-    seed_everything(seed)
+    seed_everything(o.seed)
     model = build_model(cfg)
     pretext_info, semi_info = PretextInfo(), None
     if resume_b is not None:
@@ -197,37 +200,38 @@ def finetune_job(image: Any, labels: Any, *, init: dict | None = None, dense: bo
     elif init_b is not None:
         load_init(model, init_b)
         pretext_info, semi_info = init_b.pretext, init_b.semi_supervised
-    chosen = choose_recipe(recipe, labelset, **(recipe_params or {}))
-    lr = chosen.lr if chosen.lr is not None else lr
+    chosen = choose_recipe(o.recipe, labelset, **(o.recipe_params or {}))
+    lr = chosen.lr if chosen.lr is not None else o.lr
+    steps = o.steps
     if init_b is not None and init_b.is_segmentation and resume is None:
         lr *= chosen.retrain_lr_scale  # continuing a model: a gentler step keeps what it learned
         if chosen.retrain_steps:
             steps = min(steps, chosen.retrain_steps)  # a correction round, not a new training
-    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                         checkpoint_every=checkpoint_every, ema=chosen.ema,
-                         stop_when_stable=chosen.stop_when_stable, precision=precision)
+    config = TrainConfig(steps=steps, batch_size=o.batch_size, lr=lr, seed=o.seed, device=o.device,
+                         checkpoint_every=o.checkpoint_every, ema=chosen.ema,
+                         stop_when_stable=chosen.stop_when_stable, precision=o.precision)
     task: Task
     if vols_u:
         try:
-            task = SemiSupervisedTask(labelset.n_classes, cfg, steps, seed=seed, **(semi_params or {}))
+            task = SemiSupervisedTask(labelset.n_classes, cfg, steps, seed=o.seed, **(o.semi_params or {}))
         except TypeError as err:
             raise RegconError(f"Bad semi-supervised parameter: {err}.") from None
         if init_b is not None and resume is None and task.net2_init == "same":
             load_init(task.net2, init_b)
-        sampler: PatchSampler = SemiSupervisedSampler([vol], norm, patch, [labelset], [vol, *vols_u], seed=seed)
+        sampler: PatchSampler = SemiSupervisedSampler([vol], norm, patch, [labelset], [vol, *vols_u], seed=o.seed)
         semi_info = SemiSupervisedInfo(task.name, task.params(), len(vols_u))
     else:
         task = SupervisedTask(labelset.n_classes, **chosen.task_params())
-        sampler = PatchSampler([vol], norm, patch, labels=[labelset], seed=seed,
+        sampler = PatchSampler([vol], norm, patch, labels=[labelset], seed=o.seed,
                                uniform_fraction=chosen.uniform_fraction)
-    names = list(class_names) if class_names else [f"class {v}" for v in labelset.class_values]
-    classes = Classes([int(v) for v in labelset.class_values], names, dense)
+    names = list(o.class_names) if o.class_names else [f"class {v}" for v in labelset.class_values]
+    classes = Classes([int(v) for v in labelset.class_values], names, o.dense)
 
     def bundle_fn(m: UNet, history: dict, state: dict) -> dict:
         return Bundle("segmentation", cfg, cpu_weights(m.state_dict()), norm, classes=classes, pretext=pretext_info,
                       semi_supervised=semi_info, history=History.from_dict(history),
                       training=TrainingInfo.from_dict(state),
-                      data=DataInfo(list(patch), channel_axis, list(sources or []), chosen.to_dict())).to_dict()
+                      data=DataInfo(list(patch), o.channel_axis, list(sources or []), chosen.to_dict())).to_dict()
 
     return Job(model, task, sampler, config, bundle_fn, _resume_state(resume_b),
                {"patch": patch, "normalization": norm, "classes": classes, "labelset": labelset,
