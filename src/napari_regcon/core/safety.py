@@ -9,7 +9,7 @@ Every writer (the CLI's commands, the widgets' Save…, the demo, export) follow
   ``O_EXCL``), so a second run on the same output fails with one sentence instead of both
   reporting success; a lock left by a dead process is taken over;
 - the hidden temporary files an interrupted run left next to the output (``.NAME.XXXXXXXX/``,
-  ``.NAME.XXXXXXXX.tmp``, ``.NAME.crf-XXXXXXXX/``) are removed by the next run on that output.
+  ``.NAME.XXXXXXXX.tmp``, ``.NAME.probs-XXXXXXXX/``) are removed by the next run on that output.
 
 Writes themselves stay atomic (temporary sibling + rename, see :mod:`.io` and :mod:`.checkpoint`).
 """
@@ -90,7 +90,7 @@ def check_outputs_differ(outputs: Iterable[str | Path | None]) -> None:
 
 def _temp_pattern(name: str) -> re.Pattern[str]:
     # tempfile.mkdtemp/mkstemp add 8 characters of [a-z0-9_]; save_bundle adds ".tmp"; the scratch
-    # probabilities of a post-processed prediction go to ".probs-" (".crf-" before 0.2)
+    # probabilities of a post-processed prediction go to ".probs-" (".crf-" in earlier versions)
     return re.compile(rf"^\.{re.escape(name)}\.(crf-|probs-)?[a-z0-9_]{{8}}(\.tmp)?(\.files)?$")
 
 
