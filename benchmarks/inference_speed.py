@@ -4,7 +4,7 @@ Both run in this process, interleaved, with the same network, tile size, overlap
 and blending weights (our Gaussian map, passed to MONAI as ``roi_weight_map``) on real data:
 the 30x512x512 ISBI 2012 training stack slice by slice for a 2D model, and a two-photon
 VesselNN volume for a 3D model. Our side is timed end to end through the public path
-(``core.inference.iter_predict`` via ``workflows.predict_arrays``: reading, normalising,
+(``core.inference.iter_predict`` via ``core.predict.predict_arrays``: reading, normalising,
 blending, argmax, writing labels and probabilities); MONAI's side includes normalising the
 input and the argmax to labels. The 2D case alternates the two predictors plane by plane (who
 goes first alternates too), so each pair is measured seconds apart on this shared machine.

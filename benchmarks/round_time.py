@@ -28,6 +28,7 @@ from annotation_loop import correction_strokes, first_strokes, load_dataset
 from napari_regcon._widgets.jobs import FinetuneParams, cpu_threads, finetune_updates, predict_plane
 from napari_regcon._widgets.state import PlaneTracker
 from napari_regcon._widgets.updates import Failed, Finished, PreviewUpdate, Started, StepUpdate
+from napari_regcon.core.options import FinetuneOptions
 
 NAME = "round_time"
 
@@ -40,7 +41,8 @@ def _spin(stop: Any) -> None:
 
 def one_round(image: np.ndarray, labels: np.ndarray, init: dict | None, seed: int) -> dict[str, Any]:
     """Run the widget's fine-tune worker once; times of its events and the bundle."""
-    params = FinetuneParams(init=init, class_names={1: "cell", 2: "membrane"}, seed=seed, preview_every=3.0)
+    params = FinetuneParams(FinetuneOptions(seed=seed), init=init, class_names={1: "cell", 2: "membrane"},
+                            preview_every=3.0)
     tracker = PlaneTracker()
     tracker.set(0)
     on = threading.Event()

@@ -71,6 +71,37 @@ def test_predict_other_formats(files, tmp_path, suffix) -> None:
     assert arr.shape == (4, 128, 128)
 
 
+def test_predict_uncertainty_and_min_size(files, capsys, tmp_path) -> None:
+    """--uncertainty writes the entropy map of the probabilities; --min-size removes small regions; both
+    give what the Python API (the widget's path) gives."""
+    from napari_regcon.core.checkpoint import load_bundle
+    from napari_regcon.core.postprocess import remove_small_regions, uncertainty_map
+    from napari_regcon.core.predict import PredictOptions, predict
+
+    base = ["predict", "--model", str(files["model"]), "--image", str(files["image"]), "--quiet"]
+    assert main([*base, "--out", str(tmp_path / "plain.tif"), "--probabilities", str(tmp_path / "p.npy")]) == 0
+    assert main([*base, "--out", str(tmp_path / "u.tif"), "--uncertainty", str(tmp_path / "u.zarr")]) == 0
+    assert main([*base, "--out", str(tmp_path / "clean.npy"), "--min-size", "30"]) == 0
+    plain, probs = tifffile.imread(tmp_path / "plain.tif"), np.load(tmp_path / "p.npy")
+    import zarr
+    unc = zarr.open(str(tmp_path / "u.zarr"), mode="r")[...]
+    assert unc.shape == plain.shape and unc.dtype == np.float32 and 0 <= unc.min() and unc.max() <= 1
+    np.testing.assert_allclose(unc, uncertainty_map(probs, "entropy"), atol=1e-6)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "u.tif"), plain)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no scratch probabilities left
+    clean = np.load(tmp_path / "clean.npy")
+    np.testing.assert_array_equal(clean, remove_small_regions(plain, [1, 2], 30, per_plane=True))
+    bundle = load_bundle(files["model"])
+    api = predict(bundle, tifffile.imread(files["image"]), PredictOptions(min_size=30, uncertainty="entropy"))
+    np.testing.assert_array_equal(api.labels, clean)
+    np.testing.assert_allclose(api.uncertainty, unc, atol=1e-6)
+    capsys.readouterr()
+    _fails(capsys, [*base, "--out", str(tmp_path / "x.tif"), "--uncertainty", str(tmp_path / "x.tif")], "same file")
+    _fails(capsys, [*base, "--out", str(tmp_path / "y.tif"), "--uncertainty", str(tmp_path / "u.png")], ".tif, .zarr or .npy")
+    _fails(capsys, [*base, "--out", str(tmp_path / "y.tif"), "--min-size", "-1"], "--min-size")
+    _fails(capsys, [*base, "--out", str(tmp_path / "y.tif"), "--uncertainty", str(tmp_path / "u.zarr")], "exists")
+
+
 def test_resume_from_cli(files, tmp_path) -> None:
     out = tmp_path / "r.pt"
     args = ["finetune", "--image", str(files["image"]), "--labels", str(files["labels"]), "--out", str(out)]

@@ -12,6 +12,7 @@ from napari_regcon import cli
 from napari_regcon._widgets import jobs
 from napari_regcon._widgets.updates import Failed
 from napari_regcon.core.errors import is_out_of_memory
+from napari_regcon.core.options import PretrainOptions
 
 
 def _device_oom() -> BaseException:
@@ -45,7 +46,7 @@ def test_widget_run_reports_out_of_memory(monkeypatch, make) -> None:
         raise make()
 
     monkeypatch.setattr(jobs, "pretrain_job", boom)
-    updates = list(jobs.pretrain_updates([np.zeros((32, 32), np.float32)], jobs.PretrainParams(device="cpu"),
+    updates = list(jobs.pretrain_updates([np.zeros((32, 32), np.float32)], PretrainOptions(device="cpu"),
                                          threading.Event()))
     assert len(updates) == 1 and isinstance(updates[0], Failed)
     assert updates[0].message.startswith("Out of memory")

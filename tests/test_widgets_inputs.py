@@ -9,7 +9,7 @@ from qtpy.QtWidgets import QFileDialog
 from widget_utils import Notes, make_widget, run, tiny, wait_idle
 
 from napari_regcon._widgets import jobs
-from napari_regcon._widgets.postprocess import find_crf, remove_small_regions, uncertainty_map
+from napari_regcon.core.postprocess import remove_small_regions, uncertainty_map
 
 pytestmark = pytest.mark.gui
 
@@ -174,7 +174,6 @@ def test_postprocessing_helpers():
         assert u[1, 1] == pytest.approx(1.0, abs=1e-5) and u[0, 0] == pytest.approx(0.0, abs=1e-5)
 
 
-@pytest.mark.skipif(find_crf() is None, reason="core.postprocess.crf_refine is not available")
 def test_crf_option(make_napari_viewer, qtbot, em_small):
     raw, truth = em_small
     viewer, w = make_widget(make_napari_viewer, raw)
@@ -210,8 +209,8 @@ def test_closing_the_widget_mid_run_stops_the_run(make_napari_viewer, qtbot, em_
 
 def test_form_parsers():
     from napari_regcon._widgets.layers import parse_class_names
-    from napari_regcon._widgets.options import parse_params
     from napari_regcon.core.errors import RegconError
+    from napari_regcon.core.options import parse_params
 
     assert parse_params("ratio=0.5, patch=[4,16,16]; mask=intensity") == {
         "ratio": 0.5, "patch": [4, 16, 16], "mask": "intensity"}

@@ -11,7 +11,7 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from napari_regcon.cli_checks import (
     positive_float,
     positive_int,
 )
+from napari_regcon.console import progress_bar
 from napari_regcon.core.drive import drive
 from napari_regcon.core.errors import RegconError, is_out_of_memory
 
@@ -60,49 +61,6 @@ class _StopFlag:
         return self.event.is_set()
 
 
-def _progress(desc: str, quiet: bool) -> Callable[[Any], None]:
-    """A tqdm bar fed with training (Progress) or prediction (PredictEvent) events."""
-    from tqdm import tqdm
-
-    state: dict[str, Any] = {"bar": None}
-
-    def cb(ev: Any) -> None:
-        if quiet:
-            return
-        bar = state["bar"]
-        if bar is None:
-            bar = state["bar"] = tqdm(total=ev.total, desc=desc, file=sys.stderr, dynamic_ncols=True,
-                                      initial=getattr(ev, "step", 0) if getattr(ev, "event", "") == "start" else 0,
-                                      mininterval=0.5)
-            if getattr(ev, "device", ""):
-                bar.write(f"{desc}: training on {ev.device}", file=sys.stderr)
-        n = getattr(ev, "step", getattr(ev, "done", 0))
-        if n > bar.n:
-            bar.update(n - bar.n)
-        if getattr(ev, "event", "") == "step":
-            bar.set_postfix(loss=f"{ev.loss:.4f}", refresh=False)
-        if getattr(ev, "event", "") in ("done", "cancelled") or getattr(ev, "done", -1) == ev.total:
-            bar.close()
-            if getattr(ev, "reason", "") == "stable":
-                print(f"{desc}: ended by itself after {ev.step} of {ev.total} steps: the prediction stopped "
-                      "changing (--recipe dense trains every step)", file=sys.stderr)
-    return cb
-
-
-def _parse_params(items: Sequence[str] | None) -> dict[str, Any]:
-    """``--param key=value`` pairs for a pretext; values are read as JSON when possible (numbers, lists)."""
-    params: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise RegconError(f"--param expects KEY=VALUE, got {item!r}.")
-        key, value = item.split("=", 1)
-        try:
-            params[key.strip().replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key.strip().replace("-", "_")] = value
-    return params
-
-
 def _read(path: str, what: str) -> Any:
     from napari_regcon.core.io import read_array
     return read_array(path, what)
@@ -110,12 +68,13 @@ def _read(path: str, what: str) -> Any:
 
 def _run_job(job: Any, out: str, desc: str, quiet: bool) -> dict:
     from napari_regcon.core import distributed
+    from napari_regcon.core.bundle import as_bundle
 
     quiet = quiet or not distributed.is_main()
     with _StopFlag() as stop:
-        bundle = job.run(out=out, should_stop=stop, callback=_progress(desc, quiet))
+        bundle = job.run(out=out, should_stop=stop, callback=progress_bar(desc, quiet))
         if stop():
-            step = bundle["training"]["step"] if bundle else 0
+            step = as_bundle(bundle).training.step if bundle else 0
             raise _Interrupted(f"stopped at step {step}; {out} holds the model trained so far (resume with --resume {out}).")
     return bundle
 
@@ -133,27 +92,24 @@ class _Interrupted(Exception):
 @guarded(["out"], ["images", "resume"], bundle=True, images=["images"])
 def cmd_pretrain(a: argparse.Namespace) -> int:
     from napari_regcon.core.checkpoint import check_writable, load_bundle
+    from napari_regcon.core.io import read_voxel_size
+    from napari_regcon.core.options import PretrainOptions, fill, parse_params
+    from napari_regcon.core.pretext import with_voxel_size
     from napari_regcon.core.safety import check_resume
     from napari_regcon.core.workflows import pretrain_job
 
     images = [_read(p, "image") for p in a.images]
     check_writable(a.out)
-    params = _parse_params(a.param)
+    params = parse_params(a.param or [], "--param")
     if a.method == "mim":
         params = {"ratio": a.mask_ratio, "patch": a.mask_patch, "mask": a.mask, **params}
-        if a.ndim == 3 and "voxel_size" not in params:
-            from napari_regcon.core.io import read_voxel_size
-            voxel = read_voxel_size(a.images[0])
-            if voxel is not None and len(voxel) == 3:
-                params["voxel_size"] = list(voxel)
+    if a.ndim == 3:
+        params = with_voxel_size(a.method, params, a.ndim, read_voxel_size(a.images[0]))
     resume = load_bundle(a.resume) if a.resume else None
     if resume is not None:
         check_resume(resume, a.resume, "pretrain", a.steps, a.method)
-    job = pretrain_job(images, a.method, ndim=a.ndim, channel_axis=a.channel_axis, patch_size=a.patch_size,
-                       steps=a.steps, batch_size=a.batch_size, lr=a.lr, base=a.base, depth=a.depth, seed=a.seed,
-                       device=a.device, method_params=params, resume=resume,
-                       checkpoint_every=a.checkpoint_every, sources=[str(p) for p in a.images],
-                       precision=a.precision)
+    job = pretrain_job(images, options=fill(PretrainOptions, a, method_params=params), resume=resume,
+                       sources=[str(p) for p in a.images])
     if a.method == "mim" and not a.quiet:
         voxel = params.get("voxel_size")
         where = f"voxel size (z, y, x) {' x '.join(f'{v:g}' for v in voxel)} from {a.images[0]}; " if voxel else ""
@@ -168,6 +124,7 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
 @guarded(["out"], ["image", "labels", "init", "resume", "unlabeled"], bundle=True, images=["image", "unlabeled"])
 def cmd_finetune(a: argparse.Namespace) -> int:
     from napari_regcon.core.checkpoint import check_writable, load_bundle, load_model_source
+    from napari_regcon.core.options import FinetuneOptions, fill
     from napari_regcon.core.safety import check_class_count, check_resume
     from napari_regcon.core.workflows import finetune_job
 
@@ -180,12 +137,9 @@ def cmd_finetune(a: argparse.Namespace) -> int:
     unlabeled = [_read(p, "unlabeled image") for p in (a.unlabeled or [])]
     check_writable(a.out)
     names = [n.strip() for n in a.class_names.split(",")] if a.class_names else None
-    job = finetune_job(image, labels, init=init, dense=a.dense, ndim=a.ndim, channel_axis=a.channel_axis,
-                       patch_size=a.patch_size, steps=a.steps, batch_size=a.batch_size, lr=a.lr, base=a.base,
-                       depth=a.depth, seed=a.seed, device=a.device, class_names=names, resume=resume,
-                       checkpoint_every=a.checkpoint_every, unlabeled=unlabeled, sources=[a.image, a.labels],
-                       recipe=a.recipe, precision=a.precision)
-    check_class_count(job.info["classes"]["values"], a.labels)
+    job = finetune_job(image, labels, fill(FinetuneOptions, a, class_names=names), init=init, resume=resume,
+                       unlabeled=unlabeled, sources=[a.image, a.labels])
+    check_class_count(job.info["classes"].values, a.labels)
     if not a.quiet:
         print(f"fine-tune: recipe '{job.info['recipe'].name}'"
               + (" (ends by itself when the prediction stops changing)" if job.config.stop_when_stable else ""),
@@ -195,109 +149,60 @@ def cmd_finetune(a: argparse.Namespace) -> int:
     return 0
 
 
-@guarded(["out", "probabilities"], ["model", "image"], images=["image"])
+@guarded(["out", "probabilities", "uncertainty"], ["model", "image"], images=["image"])
 def cmd_predict(a: argparse.Namespace) -> int:
+    from napari_regcon.core.bundle import as_bundle
     from napari_regcon.core.checkpoint import load_model_source
     from napari_regcon.core.io import check_chunking, check_output_path
     from napari_regcon.core.outputs import PredictionStopped, partial_path, predict_to_files
+    from napari_regcon.core.predict import PredictOptions
 
     bundle = load_model_source(a.model)
-    if bundle["kind"] != "segmentation":
+    if not as_bundle(bundle, a.model).is_segmentation:
         raise RegconError(f"{a.model} is a pretrained (self-supervised) bundle without classes; fine-tune it on labels first.")
     image = _read(a.image, "image")
     check_chunking(image, a.image)
     check_output_path(a.out)
-    if a.probabilities:
-        check_output_path(a.probabilities)
-        if Path(a.probabilities).resolve() == Path(a.out).resolve():
-            raise RegconError("--out and --probabilities must be different files.")
+    for extra in (a.probabilities, a.uncertainty):  # (the guard has refused outputs naming the same file)
+        if extra:
+            check_output_path(extra)
     _check_tile(a.tile)
-    if a.crf:
-        return _predict_crf(a, bundle, image)
+    options = PredictOptions(channel_axis=a.channel_axis, tile=a.tile, overlap=a.overlap, batch_size=a.batch_size,
+                             device=a.device, min_size=a.min_size, crf=a.crf)
     with _StopFlag() as stop:
         try:
-            summary = drive(predict_to_files(bundle, image, a.out, a.probabilities, channel_axis=a.channel_axis,
-                                              tile=a.tile, overlap=a.overlap, batch_size=a.batch_size,
-                                              device=a.device, should_stop=stop), _progress("predict", a.quiet))
+            summary = drive(predict_to_files(bundle, image, a.out, a.probabilities, uncertainty=a.uncertainty,
+                                              options=options, should_stop=stop),
+                            progress_bar({"tiles": "predict", "crf": "CRF"}, a.quiet))
         except PredictionStopped:
             raise _Interrupted("prediction stopped; no output was written.") from None
     if not summary["complete"]:
         raise _Interrupted(f"prediction stopped; the finished part is kept in {partial_path(a.out)} and the same command resumes it.")
     resumed = f" (resumed: {summary['resumed_units']} finished units were kept)" if summary["resumed_units"] else ""
-    print(f"napari-regcon: prediction written to {a.out}" + (f" and {a.probabilities}" if a.probabilities else "") + resumed,
-          file=sys.stderr)
-    return 0
-
-
-def _predict_crf(a: argparse.Namespace, bundle: dict, image: Any) -> int:
-    """``predict --crf``: predict probabilities into scratch files next to the output, refine them
-    plane by plane with a dense CRF (core.postprocess), write the outputs atomically."""
-    import shutil
-    import tempfile
-    from types import SimpleNamespace
-
-    import numpy as np
-
-    from napari_regcon.core.io import atomic_path, close_output, create_output
-    from napari_regcon.core.normalize import Normalization
-    from napari_regcon.core.outputs import PredictionStopped, predict_to_files
-    from napari_regcon.core.postprocess import crf_refine_into
-    from napari_regcon.core.volume import as_volume
-
-    channel_axis = a.channel_axis
-    if channel_axis is None and bundle["model"]["in_channels"] > 1:
-        channel_axis = bundle.get("data", {}).get("channel_axis")
-    scratch = Path(tempfile.mkdtemp(prefix=f".{Path(a.out).name}.crf-", dir=Path(a.out).resolve().parent))
-    try:
-        with _StopFlag() as stop:
-            try:
-                drive(predict_to_files(bundle, image, scratch / "labels.npy", scratch / "probs.npy",
-                                        channel_axis=channel_axis, tile=a.tile, overlap=a.overlap,
-                                        batch_size=a.batch_size, device=a.device, should_stop=stop),
-                       _progress("predict", a.quiet))
-            except PredictionStopped:
-                raise _Interrupted("prediction stopped; no output was written.") from None
-        probs = np.load(scratch / "probs.npy", mmap_mode="r")
-        values = [int(v) for v in bundle["classes"]["values"]]
-        bar = _progress("CRF", a.quiet)
-        refine = {"image": as_volume(image, channel_axis), "normalization": Normalization.from_dict(bundle["normalization"]),
-                  "class_values": values, "callback": lambda done, total: bar(SimpleNamespace(done=done, total=total))}
-        with atomic_path(a.out) as tmp_l:
-            labels = create_output(tmp_l, probs.shape[1:], "uint8" if max(values) < 256 else "uint16")
-            if a.probabilities:
-                with atomic_path(a.probabilities) as tmp_p:
-                    refined = create_output(tmp_p, probs.shape, "float32")
-                    crf_refine_into(probs, out_labels=labels, out_probs=refined, **refine)
-                    close_output(refined)
-                    del refined
-            else:
-                crf_refine_into(probs, out_labels=labels, **refine)
-            close_output(labels)
-            del labels, probs
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    print(f"napari-regcon: CRF-refined prediction written to {a.out}" + (f" and {a.probabilities}" if a.probabilities else ""),
-          file=sys.stderr)
+    extras = [p for p in (a.probabilities, a.uncertainty) if p]
+    print(f"napari-regcon: {'CRF-refined ' if a.crf else ''}prediction written to {a.out}"
+          + (f" and {' and '.join(extras)}" if extras else "") + resumed, file=sys.stderr)
     return 0
 
 
 def _check_tile(tile: str | None) -> None:
     if tile is None:
         return
-    from napari_regcon.core.workflows import parse_patch
+    from napari_regcon.core.options import parse_patch
     parts = parse_patch(tile, 3 if "," in str(tile) and len(str(tile).split(",")) == 3 else 2)
     if parts and min(parts[-2:]) < 32:
         raise RegconError(f"The tile size {tile} is too small to predict efficiently; use at least 32 pixels in Y and X (default 256).")
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
+    from napari_regcon.core.bundle import as_bundle
     from napari_regcon.core.checkpoint import load_model_source
     from napari_regcon.core.evaluation import evaluate, parse_mapping
 
     pred = _read(a.pred, "prediction")
     truth = _read(a.truth, "ground-truth")
-    classes = load_model_source(a.model)["classes"] if a.model else None
-    result = evaluate(pred, truth, ignore_zero=a.ignore_zero, classes=a.classes, bundle_classes=classes,
+    values = as_bundle(load_model_source(a.model)).classes.values if a.model else None
+    result = evaluate(pred, truth, ignore_zero=a.ignore_zero, classes=a.classes, bundle_values=values,
                       mapping=parse_mapping(a.map) if a.map else None, names=(a.pred, a.truth))
     print(json.dumps(result))
     return 0
@@ -325,12 +230,10 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_info(a: argparse.Namespace) -> int:
+    from napari_regcon.core.bundle import as_bundle
     from napari_regcon.core.checkpoint import load_model_source
 
-    b = load_model_source(a.model)
-    summary = {k: b[k] for k in ("format", "version", "kind", "created", "software", "model", "classes", "pretext", "data")}
-    summary["steps"] = b.get("training", {}).get("step")
-    summary["final_loss"] = b["history"]["loss"][-1] if b["history"].get("loss") else None
+    summary = as_bundle(load_model_source(a.model), a.model).describe()
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -347,13 +250,18 @@ def _add_common_training(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument("--base", type=positive_int, default=16, help="U-Net width of the first level (default 16)")
     p.add_argument("--depth", type=positive_int, default=3, help="U-Net poolings (default 3)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
+    _add_run_options(p)
+    p.add_argument("--resume", default=None, metavar="BUNDLE", help="continue an interrupted run from its bundle")
+    p.add_argument("--checkpoint-every", type=nonneg_int, default=100, help="save the bundle every N steps (default 100)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (refused otherwise)")
+
+
+def _add_run_options(p: argparse.ArgumentParser, quiet: str = "no progress bar") -> None:
+    """--device, --threads and --quiet: how every command that computes runs (``quiet``: its help)."""
     p.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda or mps")
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="CPU threads for torch (default: all cores; 1 is faster when other jobs share the CPU)")
-    p.add_argument("--resume", default=None, metavar="BUNDLE", help="continue an interrupted run from its bundle")
-    p.add_argument("--checkpoint-every", type=nonneg_int, default=100, help="save the bundle every N steps (default 100)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists (refused otherwise)")
+    p.add_argument("--quiet", action="store_true", help=quiet)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -409,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, help="image to segment (.tif, .zarr, .npy, .png, .jpg; a trailing axis of 3 or 4 on PNG/JPEG/RGB TIFF is colour)")
     p.add_argument("--out", required=True, help="labels output: .tif, .zarr or .npy")
     p.add_argument("--probabilities", default=None, metavar="OUT", help="also write class probabilities (C, ...) here")
+    p.add_argument("--uncertainty", default=None, metavar="OUT",
+                   help="also write an uncertainty map here: the entropy of the class probabilities, 0 (sure) to 1 "
+                        "(no idea); where to correct first")
+    p.add_argument("--min-size", type=nonneg_int, default=0, metavar="N",
+                   help="give connected regions smaller than N pixels the class around them (per slice for a 2D "
+                        "model; default 0 = off)")
     p.add_argument("--crf", action="store_true",
                    help="refine with a fully connected CRF (2D, slice by slice; GLRP's post-processing); for compact "
                         "objects, not thin ones: it erases membranes")
@@ -417,11 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=4, help="tiles per forward pass (default 4)")
     p.add_argument("--channel-axis", type=int, default=None,
                    help="axis of the channels (default: the bundle's, or the colour axis of an RGB image)")
-    p.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda or mps")
-    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                   help="CPU threads for torch (default: all cores; 1 is faster when other jobs share the CPU)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--overwrite", action="store_true", help="replace --out / --probabilities if they exist (refused otherwise)")
+    _add_run_options(p)
+    p.add_argument("--overwrite", action="store_true", help="replace --out / --probabilities / --uncertainty if they exist (refused otherwise)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="Dice and IoU per class as one JSON object",
@@ -442,10 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrain-steps", type=positive_int, default=150, help="self-supervised steps (default 150)")
     p.add_argument("--finetune-steps", type=positive_int, default=250, help="fine-tuning steps (default 250)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
-    p.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda or mps")
-    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                   help="CPU threads for torch (default: all cores; 1 is faster when other jobs share the CPU)")
-    p.add_argument("--quiet", action="store_true", help="no progress messages")
+    _add_run_options(p, quiet="no progress messages")
     p.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --out folder")
     p.set_defaults(func=cmd_demo)
 

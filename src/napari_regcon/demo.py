@@ -15,11 +15,14 @@ from typing import Any
 
 import numpy as np
 
+from napari_regcon.console import progress_bar
 from napari_regcon.core.checkpoint import check_writable
 from napari_regcon.core.errors import RegconError
 from napari_regcon.core.io import atomic_path, write_array
 from napari_regcon.core.metrics import scores
-from napari_regcon.core.workflows import finetune_job, pretrain_job, run_predict
+from napari_regcon.core.options import FinetuneOptions, PretrainOptions
+from napari_regcon.core.predict import PredictOptions, predict
+from napari_regcon.core.workflows import finetune_job, pretrain_job
 from napari_regcon.sample_data import load_sample
 
 CELL, MEMBRANE = 1, 2
@@ -49,8 +52,6 @@ def _log(msg: str, quiet: bool) -> None:
 def run_demo(out: str | Path = "regcon-demo", pretrain_steps: int = 150, finetune_steps: int = 250,
              device: str = "auto", seed: int = 0, quiet: bool = False) -> dict[str, Any]:
     """Run the demo into ``out`` and return its report (also written as ``report.json``)."""
-    from napari_regcon.cli import _progress
-
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -65,18 +66,20 @@ def run_demo(out: str | Path = "regcon-demo", pretrain_steps: int = 150, finetun
     _log(f"sample: ISBI 2012 ssTEM crop {raw.shape}; labels on slice 0 only ({CELL} = cell interior, {MEMBRANE} = membrane)", quiet)
 
     _log(f"1/3 self-supervised pretraining (masked image modelling), {pretrain_steps} steps", quiet)
-    job = pretrain_job([raw], "mim", steps=pretrain_steps, seed=seed, device=device, checkpoint_every=0)
-    pretrained = job.run(out=out / "pretrained.pt", callback=_progress("pretrain", quiet))
+    job = pretrain_job([raw], options=PretrainOptions(method="mim", steps=pretrain_steps, seed=seed, device=device,
+                                                      checkpoint_every=0))
+    pretrained = job.run(out=out / "pretrained.pt", callback=progress_bar("pretrain", quiet))
     t_pre = time.perf_counter() - t0
 
     _log(f"2/3 fine-tuning on one labeled slice, {finetune_steps} steps", quiet)
-    job = finetune_job(raw, labels, init=pretrained, steps=finetune_steps, seed=seed, device=device,
-                       class_names=["cell interior", "membrane"], checkpoint_every=0)
-    model = job.run(out=out / "model.pt", callback=_progress("fine-tune", quiet))
+    job = finetune_job(raw, labels, FinetuneOptions(steps=finetune_steps, seed=seed, device=device, checkpoint_every=0,
+                                                    class_names=["cell interior", "membrane"]), init=pretrained)
+    model = job.run(out=out / "model.pt", callback=progress_bar("fine-tune", quiet))
     t_ft = time.perf_counter() - t0 - t_pre
 
     _log("3/3 predicting every slice (tiled)", quiet)
-    pred, probs = run_predict(model, raw, probabilities=True, device=device, callback=_progress("predict", quiet))
+    result = predict(model, raw, PredictOptions(probabilities=True, device=device), callback=progress_bar("predict", quiet))
+    pred, probs = result.labels, result.probabilities
     t_pred = time.perf_counter() - t0 - t_pre - t_ft
 
     result = scores(pred[1:], truth[1:])

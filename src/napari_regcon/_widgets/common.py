@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_regcon.core.bundle import as_bundle
 from napari_regcon.core.checkpoint import load_bundle, save_bundle
 from napari_regcon.core.errors import RegconError
 
@@ -225,8 +226,9 @@ class ModelPicker(QWidget):
         except RegconError as err:
             show_error(str(err))
             return None
-        if bundle["kind"] not in self._kinds:
-            show_error(f"{Path(path).name} is a {bundle['kind']} model, but a "
+        kind = as_bundle(bundle, path).kind
+        if kind not in self._kinds:
+            show_error(f"{Path(path).name} is a {kind} model, but a "
                        f"{' or '.join(self._kinds)} model is needed here.")
             return None
         return self.session.add(ModelEntry(Path(path).stem, bundle, str(path)))

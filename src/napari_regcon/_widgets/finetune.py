@@ -19,7 +19,9 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
+from napari_regcon.core.bundle import as_bundle
 from napari_regcon.core.errors import RegconError
+from napari_regcon.core.options import FinetuneOptions
 
 from .common import LayerChecklist, LayerCombo, ModelPicker, hint, row
 from .jobs import FinetuneParams, finetune_updates
@@ -131,9 +133,9 @@ class FinetuneWidget(QWidget):
         entry = self.init.current()
         fixed = entry is not None
         if fixed:
-            ndim = int(entry.bundle["model"].get("ndim", 2))
+            ndim = entry.info.model.ndim
             self.options.ndim.setCurrentIndex(0 if ndim == 2 else 1)
-            patch = entry.bundle.get("data", {}).get("patch_size")
+            patch = entry.info.data.patch_size
             if patch:
                 self.options.patch.setText(",".join(str(p) for p in patch) if ndim == 3 else str(patch[-1]))
         self.options.ndim.setEnabled(not fixed)
@@ -188,10 +190,10 @@ class FinetuneWidget(QWidget):
                               f"'{img.name}' has spatial shape {want}; use 'New labels layer' to make a matching one.")
         names = class_names_of(lab) or parse_class_names(self.classes.text())
         entry = self.init.current()
-        params = FinetuneParams(init=entry.bundle if entry else None, class_names=names,
+        options = FinetuneOptions(channel_axis=ca, **self.options.values(), **self.network.values())
+        params = FinetuneParams(options, init=entry.bundle if entry else None, class_names=names,
                                 unlabeled=[layer_array(ly) for ly in self.unlabeled.checked_layers()],
-                                preview=self.preview.isChecked(), preview_every=self.preview_every, channel_axis=ca,
-                                **self.options.values(), **self.network.values())
+                                preview=self.preview.isChecked(), preview_every=self.preview_every)
         tracker = PlaneTracker(current_plane(self.viewer, img, ca))
         preview_on = threading.Event()
         preview_on.set()
@@ -234,7 +236,8 @@ class FinetuneWidget(QWidget):
             self._show_preview(upd)
         elif isinstance(upd, Finished) and upd.result is not None:
             bundle, run = upd.result, self._run
-            steps = bundle.get("training", {}).get("step", self.status.step)
+            steps = as_bundle(bundle).training.step
+            steps = self.status.step if steps is None else steps
             if upd.cancelled and not steps:
                 self.status.message = "Stopped before the first step; no model was kept."
                 return

@@ -1,7 +1,7 @@
 """The generator functions the widgets run in napari thread workers.
 
 They take arrays and plain parameter dataclasses (never layers or widgets), drive the core
-generators (``pretrain_job(...).events``, ``finetune_job(...).events``, ``predict_arrays``),
+generators (``pretrain_job(...).events``, ``finetune_job(...).events``, ``core.predict.predict_events``),
 and yield typed updates (:mod:`.updates`). Errors never escape: they are turned into a
 one-sentence :class:`~.updates.Failed` update, so the viewer shows one clear notification.
 """
@@ -14,24 +14,22 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
+from napari_regcon.core.bundle import as_bundle
 from napari_regcon.core.device import describe_device, get_device
+from napari_regcon.core.drive import relay
 from napari_regcon.core.errors import RegconError, is_out_of_memory
+from napari_regcon.core.inference import PredictEvent
+from napari_regcon.core.options import FinetuneOptions, PretrainOptions
+from napari_regcon.core.predict import PredictOptions, predict, predict_events
 from napari_regcon.core.volume import as_volume
-from napari_regcon.core.workflows import (
-    Job,
-    finetune_job,
-    predict_arrays,
-    pretrain_job,
-    run_predict,
-)
+from napari_regcon.core.workflows import Job, finetune_job, pretrain_job
 
-from .postprocess import crf_planes, find_crf, remove_small_regions, uncertainty_map
 from .state import PlaneTracker
 from .updates import (
     Failed,
@@ -53,51 +51,16 @@ THREADS_ENV = "NAPARI_REGCON_THREADS"
 
 
 @dataclass
-class TrainParams:
-    """Settings shared by pretraining and fine-tuning (see ``core.workflows``)."""
+class FinetuneParams:
+    """What the Fine-tune widget hands its worker: the training options, and what only the widget has
+    (the start bundle, class names by label value, unlabeled layers, the live preview)."""
 
-    ndim: int = 2
-    patch_size: str | int | None = None
-    steps: int = 400
-    batch_size: int = 8
-    lr: float = 1e-3
-    base: int = 16
-    depth: int = 3
-    channel_axis: int | None = None
-    seed: int = 0
-    device: str = "auto"
-
-
-@dataclass
-class PretrainParams(TrainParams):
-    """Self-supervised pretraining: the pretext ``method`` and its extra parameters."""
-
-    method: str = "mim"
-    method_params: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class FinetuneParams(TrainParams):
-    """Fine-tuning on sparse labels, optionally from a bundle and with a live preview."""
-
+    options: FinetuneOptions = field(default_factory=FinetuneOptions)
     init: dict | None = None
     class_names: dict[int, str] = field(default_factory=dict)
     unlabeled: list[Any] = field(default_factory=list)
     preview: bool = True
     preview_every: float = 3.0
-
-
-@dataclass
-class PredictParams:
-    """Tiled prediction and the optional outputs / post-processing."""
-
-    channel_axis: int | None = None
-    probabilities: bool = False
-    uncertainty: str | None = None
-    min_size: int = 0
-    crf: bool = False
-    tile: Any = None
-    device: str = "auto"
 
 
 def user_message(exc: BaseException) -> str:
@@ -155,18 +118,13 @@ def _threads_for(device: str) -> Iterator[None]:
 def _relay(job: Job, stop: threading.Event, extra: Callable[[], Update | None] | None = None
            ) -> Iterator[Update]:
     """Run ``job`` and relay its events, batching step events to at most one per UPDATE_EVERY."""
-    gen = job.events(should_stop=stop.is_set)
     pending: list[tuple[int, float]] = []
     last = 0.0
     cancelled = False
     message = ""
-    ev = None
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as done:
-            bundle = done.value
-            break
+
+    def handle(ev: Any) -> Iterator[Update]:
+        nonlocal pending, last, cancelled, message
         if ev.event == "start":
             yield Started(ev.total, _device_name(job.config.device), detail=str(ev.device))
         elif ev.event == "step":
@@ -184,7 +142,9 @@ def _relay(job: Job, stop: threading.Event, extra: Callable[[], Update | None] |
         elif ev.event == "done" and ev.reason == "stable":
             message = (f"ended by itself after {ev.step} of {ev.total} steps: the prediction stopped changing "
                        "(raise Steps or train again for more)")
-    if pending and ev is not None:
+
+    bundle = yield from relay(job.events(should_stop=stop.is_set), handle)
+    if pending:
         step, loss = pending[-1]
         yield StepUpdate(step, job.config.steps, loss, 0.0, pending)
     if isinstance(extra, _Previewer) and not cancelled:
@@ -203,17 +163,14 @@ def _guarded(body: Iterator[Update], device: str) -> Iterator[Update]:
         yield Failed(user_message(exc))
 
 
-def pretrain_updates(images: Sequence[Any], params: PretrainParams, stop: threading.Event
+def pretrain_updates(images: Sequence[Any], options: PretrainOptions, stop: threading.Event
                      ) -> Iterator[Update]:
     """Worker body of the Pretrain widget."""
-    yield from _guarded(_pretrain(images, params, stop), params.device)
+    yield from _guarded(_pretrain(images, options, stop), options.device)
 
 
-def _pretrain(images: Sequence[Any], params: PretrainParams, stop: threading.Event) -> Iterator[Update]:
-    job = pretrain_job(list(images), params.method, ndim=params.ndim, channel_axis=params.channel_axis,
-                       patch_size=params.patch_size, steps=params.steps, batch_size=params.batch_size,
-                       lr=params.lr, base=params.base, depth=params.depth, seed=params.seed,
-                       device=params.device, method_params=params.method_params, checkpoint_every=0)
+def _pretrain(images: Sequence[Any], options: PretrainOptions, stop: threading.Event) -> Iterator[Update]:
+    job = pretrain_job(list(images), options=replace(options, checkpoint_every=0))
     yield from _relay(job, stop)
 
 
@@ -245,9 +202,7 @@ def predict_plane(bundle: dict, image: Any, channel_axis: int | None, z: int | N
     """
     axis = _z_axis(image, channel_axis)
     if axis is None:
-        labels, _ = run_predict(bundle, image, channel_axis=channel_axis, device=device,
-                                **_one_tile(bundle, image, channel_axis))
-        return None, labels
+        return None, predict(bundle, image, _preview_options(bundle, image, channel_axis, device)).labels
     nz = int(image.shape[axis])
     z = min(max(int(z or 0), 0), nz - 1)
     depth = min(max(1, depth), nz)
@@ -255,22 +210,22 @@ def predict_plane(bundle: dict, image: Any, channel_axis: int | None, z: int | N
     index = [slice(None)] * len(image.shape)
     index[axis] = slice(z0, z0 + depth)
     slab = image[tuple(index)]
-    labels, _ = run_predict(bundle, slab, channel_axis=channel_axis, device=device,
-                            **_one_tile(bundle, slab, channel_axis))
+    labels = predict(bundle, slab, _preview_options(bundle, slab, channel_axis, device)).labels
     return z, np.asarray(labels[z - z0])
 
 
 PREVIEW_MAX_PLANE = 1024 * 1024
 
 
-def _one_tile(bundle: dict, image: Any, channel_axis: int | None) -> dict:
-    """Tile options covering a preview plane in a single forward pass when it fits (<= 1024²): no
+def _preview_options(bundle: dict, image: Any, channel_axis: int | None, device: str) -> PredictOptions:
+    """One tile covering a preview plane (a single forward pass) when it fits (<= 1024²): no
     overlapping tiles to compute twice, so the preview takes about half the time of a tiled one."""
+    options = PredictOptions(channel_axis=channel_axis, device=device)
     spatial = as_volume(image, channel_axis).spatial_shape
     if spatial[-1] * spatial[-2] > PREVIEW_MAX_PLANE:
-        return {}
-    tile = spatial[-2:] if bundle["model"]["ndim"] == 2 else spatial[-3:]
-    return {"tile": tuple(int(t) for t in tile), "overlap": 0.0}
+        return options
+    tile = spatial[-2:] if as_bundle(bundle).model.ndim == 2 else spatial[-3:]
+    return replace(options, tile=tuple(int(t) for t in tile), overlap=0.0)
 
 
 class _Previewer:
@@ -289,8 +244,9 @@ class _Previewer:
         if not self.enabled.is_set() or (now < self.next_at and not force):
             return None
         bundle = self.job.bundle_fn(self.job.model, {"step": [], "loss": []}, {})
-        z, labels = predict_plane(bundle, self.image, self.params.channel_axis, self.plane.get(),
-                                  self.depth, self.params.device)
+        options = self.params.options
+        z, labels = predict_plane(bundle, self.image, options.channel_axis, self.plane.get(), self.depth,
+                                  options.device)
         cost = time.monotonic() - now
         if not force and len(np.unique(labels)) < 2:
             # a one-class wash says nothing yet (the first steps): look again soon instead
@@ -305,7 +261,7 @@ def finetune_updates(image: Any, labels: Any, params: FinetuneParams, stop: thre
                      plane: PlaneTracker | None = None, preview_on: threading.Event | None = None
                      ) -> Iterator[Update]:
     """Worker body of the Fine-tune widget: snapshot the labels, train, preview now and then."""
-    yield from _guarded(_finetune(image, labels, params, stop, plane, preview_on), params.device)
+    yield from _guarded(_finetune(image, labels, params, stop, plane, preview_on), params.options.device)
 
 
 def _finetune(image: Any, labels: Any, params: FinetuneParams, stop: threading.Event,
@@ -313,11 +269,8 @@ def _finetune(image: Any, labels: Any, params: FinetuneParams, stop: threading.E
     labels = np.array(labels, copy=True)  # painting during the run does not change its targets
     values = [int(v) for v in np.unique(labels) if v > 0]
     names = [params.class_names.get(v, f"class {v}") for v in values] if len(values) >= 2 else None
-    job = finetune_job(image, labels, init=params.init, ndim=params.ndim, channel_axis=params.channel_axis,
-                       patch_size=params.patch_size, steps=params.steps, batch_size=params.batch_size,
-                       lr=params.lr, base=params.base, depth=params.depth, seed=params.seed,
-                       device=params.device, class_names=names, unlabeled=params.unlabeled or None,
-                       checkpoint_every=0)
+    job = finetune_job(image, labels, replace(params.options, class_names=names, checkpoint_every=0),
+                       init=params.init, unlabeled=params.unlabeled or None)
     previewer = None
     if params.preview and plane is not None:
         if preview_on is None:
@@ -327,56 +280,29 @@ def _finetune(image: Any, labels: Any, params: FinetuneParams, stop: threading.E
     yield from _relay(job, stop, previewer)
 
 
-def predict_updates(bundle: dict, image: Any, params: PredictParams, stop: threading.Event
+def predict_updates(bundle: dict, image: Any, options: PredictOptions, stop: threading.Event
                     ) -> Iterator[Update]:
-    """Worker body of the Predict widget: tiled prediction, then optional CRF / cleanup / uncertainty."""
-    yield from _guarded(_predict(bundle, image, params, stop), params.device)
+    """Worker body of the Predict widget: the prediction with the options' extras (core.predict)."""
+    yield from _guarded(_predict(bundle, image, options, stop), options.device)
 
 
-def _predict(bundle: dict, image: Any, params: PredictParams, stop: threading.Event) -> Iterator[Update]:
-    values = [int(v) for v in bundle.get("classes", {}).get("values", [])]
-    names = list(bundle.get("classes", {}).get("names", []))
-    crf = find_crf() if params.crf else None
-    if params.crf and crf is None:
-        raise RegconError("CRF refinement is not available in this installation.")
-    need_probs = params.probabilities or params.uncertainty is not None or crf is not None
-    gen = predict_arrays(bundle, image, channel_axis=params.channel_axis, probabilities=need_probs,
-                         tile=params.tile, device=params.device, should_stop=stop.is_set)
-    last = 0.0
-    started = False
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as done:
-            labels, probs = done.value
-            break
-        if not started:
-            yield Started(ev.total, _device_name(params.device))
-            started = True
+def _predict(bundle: dict, image: Any, options: PredictOptions, stop: threading.Event) -> Iterator[Update]:
+    last, stage = 0.0, None
+
+    def handle(ev: PredictEvent) -> Iterator[Update]:
+        nonlocal last, stage
+        if stage is None:
+            yield Started(ev.total, _device_name(options.device))
         now = time.monotonic()
-        if now - last >= UPDATE_EVERY or ev.done == ev.total:
+        if ev.stage != stage or now - last >= UPDATE_EVERY or ev.done == ev.total:
             yield PredictProgress(ev.done, ev.total, ev.eta)
-            last = now
+            last, stage = now, ev.stage
+
+    result = yield from relay(predict_events(bundle, image, options, should_stop=stop.is_set), handle)
     if stop.is_set():
         yield Finished(None, cancelled=True, message="Prediction stopped; no layer was added.")
         return
-    notes = []
-    if crf is not None:
-        n = labels.shape[0] if labels.ndim == 3 else 1
-        last = 0.0
-        for z in crf_planes(crf, probs, image, params.channel_axis, bundle["normalization"], labels, values):
-            now = time.monotonic()
-            if stop.is_set():
-                yield Finished(None, cancelled=True, message="Prediction stopped; no layer was added.")
-                return
-            if now - last >= UPDATE_EVERY or z + 1 == n:
-                yield PredictProgress(z + 1, n, float("nan"))
-                last = now
-        notes.append("CRF-refined")
-    if params.min_size > 1:
-        per_plane = int(bundle["model"].get("ndim", 2)) == 2
-        labels = remove_small_regions(labels, values, params.min_size, per_plane=per_plane)
-        notes.append(f"regions < {params.min_size} px removed")
-    unc = uncertainty_map(probs, params.uncertainty) if params.uncertainty else None
-    result = PredictResult(labels, probs if params.probabilities else None, unc, values, names, notes)
-    yield Finished(result)
+    notes = (["CRF-refined"] if options.crf else []) + \
+        ([f"regions < {options.min_size} px removed"] if options.min_size > 1 else [])
+    yield Finished(PredictResult(result.labels, result.probabilities, result.uncertainty, result.class_values,
+                                 result.class_names, notes))

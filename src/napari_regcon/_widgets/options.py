@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,26 +130,3 @@ class NetworkOptions(QWidget):
     def values(self) -> dict[str, Any]:
         return {"lr": self.lr.value(), "base": self.base.value(), "depth": self.depth.value(),
                 "seed": self.seed.value()}
-
-
-def parse_params(text: str) -> dict[str, Any]:
-    """``"ratio=0.5, patch=8"`` -> {"ratio": 0.5, "patch": 8}; values read as JSON when possible."""
-    items, depth, cur = [], 0, ""
-    for ch in text.replace(";", ","):
-        depth += (ch in "[(") - (ch in "])")
-        if ch == "," and depth == 0:
-            items.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    items.append(cur)
-    params: dict[str, Any] = {}
-    for item in [t.strip() for t in items if t.strip()]:
-        if "=" not in item:
-            raise RegconError(f"Cannot read the method parameter {item!r}; write key=value, e.g. ratio=0.6.")
-        key, value = (s.strip() for s in item.split("=", 1))
-        try:
-            params[key] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key] = value
-    return params

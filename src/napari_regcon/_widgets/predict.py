@@ -20,12 +20,12 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 
 from napari_regcon.core.errors import RegconError
+from napari_regcon.core.predict import PredictOptions
 
 from .common import LayerCombo, ModelPicker, hint, row
-from .jobs import PredictParams, predict_updates
+from .jobs import predict_updates
 from .layers import labels_kwargs, layer_array, output_geometry, to_layer_data, unwrap
 from .options import ChannelAxisCombo
-from .postprocess import find_crf
 from .progress import RunPanel
 from .runner import Runner
 from .state import RunState, RunStatus, Session
@@ -62,13 +62,9 @@ class PredictWidget(QWidget):
         self.min_size.setSpecialValueText("off")
         self.min_size.setToolTip("Regions smaller than this are given the class around them (0 = off)")
         self.crf = QCheckBox("CRF refinement (smooths along edges; slower)")
-        self._crf_available = find_crf() is not None
-        self.crf.setEnabled(self._crf_available)
         self.crf.setToolTip("A fully connected CRF (GLRP's post-processing): neighbouring pixels of similar grey value "
                             "take the same class. For compact objects (cells, mitochondria, vessels); it erases thin "
                             "structures such as membranes (ISBI membranes: Dice 0.79 -> 0.63).")
-        if not self._crf_available:
-            self.crf.setToolTip("Not available: core.postprocess.crf_refine (and pydensecrf2) is not installed")
         self.tile = QLineEdit()
         self.tile.setPlaceholderText("auto (256 in 2D, 16,128,128 in 3D)")
         self.channel_axis = ChannelAxisCombo()
@@ -108,15 +104,13 @@ class PredictWidget(QWidget):
             raise RegconError("Choose a segmentation model: fine-tune one in step 2, or Load… a saved one.")
         if img is None:
             raise RegconError("Choose the image layer to predict.")
-        ca = self.channel_axis.resolve(img)
-        if ca is None and int(entry.bundle["model"].get("in_channels", 1)) > 1:
-            ca = entry.bundle.get("data", {}).get("channel_axis")
-        params = PredictParams(channel_axis=ca, probabilities=self.probabilities.isChecked(),
-                               uncertainty=self.uncertainty_kind.currentData() if self.uncertainty.isChecked() else None,
-                               min_size=self.min_size.value(), crf=self.crf.isChecked() and self._crf_available,
-                               tile=self.tile.text().strip() or None)
+        ca = entry.info.channel_axis(self.channel_axis.resolve(img))
+        options = PredictOptions(channel_axis=ca, probabilities=self.probabilities.isChecked(),
+                                 uncertainty=self.uncertainty_kind.currentData() if self.uncertainty.isChecked() else None,
+                                 min_size=self.min_size.value(), crf=self.crf.isChecked(),
+                                 tile=self.tile.text().strip() or None)
         self._run = {"image": img, "channel_axis": ca, "model": entry.name}
-        return predict_updates, (entry.bundle, layer_array(img), params, stop)
+        return predict_updates, (entry.bundle, layer_array(img), options, stop)
 
     def _on_update(self, upd: Update) -> None:
         if isinstance(upd, Finished) and isinstance(upd.result, PredictResult):

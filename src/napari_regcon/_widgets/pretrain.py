@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 import threading
@@ -13,14 +12,16 @@ from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QLineEdit, QVBoxLayout, QWidget
 from superqt import QCollapsible
 
+from napari_regcon.core.bundle import as_bundle
 from napari_regcon.core.device import describe_device, get_device
 from napari_regcon.core.errors import RegconError
-from napari_regcon.core.pretext import PRETEXTS
+from napari_regcon.core.options import PretrainOptions, parse_params
+from napari_regcon.core.pretext import PRETEXTS, with_voxel_size
 
 from .common import LayerChecklist, ModelPicker, hint
-from .jobs import PretrainParams, cpu_threads, pretrain_updates
+from .jobs import cpu_threads, pretrain_updates
 from .layers import layer_array, output_geometry
-from .options import PRESETS, NetworkOptions, TrainOptions, parse_params
+from .options import PRESETS, NetworkOptions, TrainOptions
 from .progress import RunPanel
 from .runner import Runner
 from .state import ModelEntry, RunState, RunStatus, Session
@@ -144,17 +145,6 @@ class PretrainWidget(QWidget):
         self._suggested = PRESETS[self.preset.currentIndex()].params_for(self.method.currentData() or "")
         self.method_params.setText(self._suggested)
 
-    def _voxel_size(self, params: dict[str, Any], method: str, layer: Any, channel_axis: int | None,
-                    ndim: int) -> None:
-        """Give methods that take ``voxel_size`` the layer's scale (3D, anisotropic) unless set."""
-        try:
-            accepts = "voxel_size" in inspect.signature(PRETEXTS[method].__init__).parameters
-        except (TypeError, ValueError):
-            accepts = False
-        scale = output_geometry(layer, channel_axis)["scale"]
-        if accepts and ndim == 3 and "voxel_size" not in params and len(scale) == 3 and len(set(scale)) > 1:
-            params["voxel_size"] = [float(v) for v in scale]
-
     def _prepare(self, stop: threading.Event) -> tuple:
         layers = self.images.checked_layers()
         if not layers:
@@ -163,22 +153,22 @@ class PretrainWidget(QWidget):
         if method not in PRETEXTS:
             raise RegconError(f"The method {method!r} is no longer available; choose another one.")
         channel_axis = self.network.channel_axis.resolve(layers[0])
-        extra = parse_params(self.method_params.text())
-        options = self.options.values()
-        self._voxel_size(extra, method, layers[0], channel_axis, options["ndim"])
-        params = PretrainParams(method=method, channel_axis=channel_axis, method_params=extra,
-                                **options, **self.network.values())
-        images = [layer_array(ly) for ly in layers]
-        self._names = [ly.name for ly in layers]
-        return pretrain_updates, (images, params, stop)
+        form = self.options.values()
+        scale = output_geometry(layers[0], channel_axis)["scale"]  # napari's default (1, 1, 1) says nothing
+        extra = with_voxel_size(method, parse_params(self.method_params.text()), form["ndim"],
+                                [float(v) for v in scale] if len(set(scale)) > 1 else None)
+        options = PretrainOptions(method=method, channel_axis=channel_axis, method_params=extra,
+                                  **form, **self.network.values())
+        return pretrain_updates, ([layer_array(ly) for ly in layers], options, stop)
 
     def _on_update(self, upd: Update) -> None:
         if isinstance(upd, StepUpdate) and self.panel.plot is not None:
             self.panel.plot.add_points(upd.points)
         elif isinstance(upd, Finished) and upd.result is not None:
             bundle = upd.result
-            method = bundle.get("pretext", {}).get("method", "?")
-            steps = bundle.get("pretext", {}).get("steps", self.status.step)
+            pretext = as_bundle(bundle).pretext
+            method = pretext.method or "?"
+            steps = self.status.step if pretext.steps is None else pretext.steps
             if upd.cancelled and not steps:
                 self.status.message = "Stopped before the first step; no model was kept."
                 return

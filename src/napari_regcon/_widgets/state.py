@@ -14,6 +14,8 @@ from typing import Any
 
 from psygnal import Signal, evented
 
+from napari_regcon.core.bundle import Bundle, as_bundle
+
 
 class RunState(str, Enum):
     """Life cycle of one background run (training or prediction)."""
@@ -45,17 +47,21 @@ class ModelEntry:
     path: str | None = None
 
     @property
+    def info(self) -> Bundle:
+        """The typed bundle (:class:`~napari_regcon.core.bundle.Bundle`)."""
+        return as_bundle(self.bundle)
+
+    @property
     def kind(self) -> str:
         """``pretrained`` (self-supervised, no classes) or ``segmentation``."""
-        return str(self.bundle.get("kind", ""))
+        return self.info.kind
 
     def describe(self) -> str:
         """One line for a combo box: name, kind and classes."""
-        if self.kind == "segmentation":
-            names = self.bundle.get("classes", {}).get("names", [])
-            return f"{self.name} — segmentation ({', '.join(names)})"
-        method = self.bundle.get("pretext", {}).get("method", "?")
-        return f"{self.name} — pretrained ({method})"
+        info = self.info
+        if info.is_segmentation:
+            return f"{self.name} — segmentation ({', '.join(info.classes.names)})"
+        return f"{self.name} — pretrained ({info.pretext.method or '?'})"
 
 
 class Session:

@@ -1,8 +1,9 @@
-"""The model bundle: one file with everything needed to predict or to continue training.
+"""The model bundle file: one file with everything needed to predict or to continue training.
 
 A bundle is plain data (dicts, lists, numbers, strings and tensors), saved with ``torch.save``
 through a temporary file and an atomic rename, and loaded with ``torch.load(weights_only=True)``
-so that a file from a stranger can never run code.
+so that a file from a stranger can never run code. Its layout and the rules that follow from it
+are :class:`~napari_regcon.core.bundle.Bundle`; loading checks a file against it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import io
 import os
 import pickle
 import tempfile
-import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -19,36 +19,22 @@ from typing import Any, BinaryIO
 
 import torch
 
-from .. import __version__
+from .bundle import FORMAT, KINDS, VERSION, Bundle, cpu_weights, software_versions, timestamp
 from .errors import RegconError
-
-FORMAT = "napari-regcon-bundle"
-VERSION = 1
-KINDS = ("pretrained", "segmentation")
-_REQUIRED = ("format", "version", "kind", "model", "state_dict", "normalization")
 
 
 def make_bundle(kind: str, model_config: dict, state_dict: dict[str, torch.Tensor], normalization: dict,
                 *, classes: dict | None = None, pretext: dict | None = None, history: dict | None = None,
                 training: dict | None = None, data: dict | None = None) -> dict[str, Any]:
-    """Assemble a bundle dict (CPU tensors, plain values only)."""
+    """Assemble a bundle dict from plain sections (CPU tensors, plain values only), checked by :class:`Bundle`."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "kind": kind,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "software": {"napari-regcon": str(__version__), "torch": str(torch.__version__)},
-        "model": dict(model_config),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in state_dict.items()},
-        "normalization": dict(normalization),
-        "classes": classes or {"values": [], "names": []},
-        "pretext": pretext or {},
-        "history": history or {"step": [], "loss": []},
-        "training": training or {},
-        "data": data or {},
-    }
+    raw = {"format": FORMAT, "version": VERSION, "kind": kind, "created": timestamp(),
+           "software": software_versions(), "model": dict(model_config),
+           "state_dict": cpu_weights(state_dict), "normalization": dict(normalization),
+           "classes": classes or {"values": [], "names": []}, "pretext": pretext or {},
+           "history": history or {"step": [], "loss": []}, "training": training or {}, "data": data or {}}
+    return Bundle.from_dict(raw).to_dict()
 
 
 def check_writable(path: str | Path) -> None:
@@ -127,18 +113,8 @@ def _read_bundle(source: str | Path | BinaryIO, path: str | Path) -> dict[str, A
 
 
 def validate_bundle(bundle: Any, path: str | Path = "bundle") -> dict[str, Any]:
-    """Check the structure of a loaded bundle and return it."""
-    if not isinstance(bundle, dict) or bundle.get("format") != FORMAT:
-        raise RegconError(f"{path} is not a napari-regcon bundle (foreign file format).")
-    missing = [k for k in _REQUIRED if k not in bundle]
-    if missing:
-        raise RegconError(f"{path} is an incomplete napari-regcon bundle (missing {', '.join(missing)}).")
-    if int(bundle["version"]) > VERSION:
-        raise RegconError(f"{path} was written by a newer napari-regcon (bundle version {bundle['version']}); please upgrade.")
-    if bundle["kind"] not in KINDS:
-        raise RegconError(f"{path} has an unknown kind {bundle['kind']!r}.")
-    if not isinstance(bundle["state_dict"], dict) or not all(isinstance(v, torch.Tensor) for v in bundle["state_dict"].values()):
-        raise RegconError(f"{path} has malformed weights.")
+    """Check a loaded bundle, nested parts included (:meth:`Bundle.from_dict`, :meth:`Bundle.validate`); return it."""
+    Bundle.from_dict(bundle, path).validate(path)
     return bundle
 
 

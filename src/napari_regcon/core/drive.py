@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from typing import Any, TypeVar
 
 R = TypeVar("R")
+U = TypeVar("U")
 
 
 def drive(gen: Generator[Any, Any, R], callback: Callable[[Any], None] | None = None) -> R:
@@ -17,3 +18,14 @@ def drive(gen: Generator[Any, Any, R], callback: Callable[[Any], None] | None = 
             return stop.value
         if callback is not None:
             callback(event)
+
+
+def relay(gen: Generator[Any, Any, R], handle: Callable[[Any], Iterable[U]]) -> Generator[U, None, R]:
+    """Exhaust ``gen``, yielding what ``handle`` makes of each event (zero or more items); returns the
+    generator's return value (``result = yield from relay(gen, handle)``)."""
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield from handle(event)

@@ -50,9 +50,9 @@ class _Mapped:
         return out
 
 
-def bundle_mapping(classes: dict, pred_values: Sequence[int], truth_values: Sequence[int]) -> dict[int, int]:
+def bundle_mapping(class_values: Sequence[int], pred_values: Sequence[int], truth_values: Sequence[int]) -> dict[int, int]:
     """How a bundle's values (the prediction's) map to the truth's: identity, or class value -> class index."""
-    values = [int(v) for v in classes.get("values", [])]
+    values = [int(v) for v in class_values]
     truth = set(truth_values)
     if truth <= set(values):
         return {}
@@ -71,14 +71,14 @@ def parse_mapping(text: str) -> dict[int, int]:
 
 
 def evaluate(pred: Any, truth: Any, *, ignore_zero: bool = False, classes: Sequence[int] | None = None,
-             mapping: dict[int, int] | None = None, bundle_classes: dict | None = None,
+             mapping: dict[int, int] | None = None, bundle_values: Sequence[int] | None = None,
              names: tuple[str, str] = ("the prediction", "the truth")) -> dict[str, Any]:
     """Dice/IoU of ``pred`` against ``truth`` with the values aligned; means over ``classes`` when given."""
     check_label_image(pred, names[0])
     check_label_image(truth, names[1])
     tv = [v for v in unique_values(truth) if not (ignore_zero and v == 0)]
-    if mapping is None and bundle_classes is not None:
-        mapping = bundle_mapping(bundle_classes, unique_values(pred), tv)
+    if mapping is None and bundle_values is not None:
+        mapping = bundle_mapping(bundle_values, unique_values(pred), tv)
     if mapping:
         pred = _Mapped(pred, mapping)
     pv = unique_values(pred)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from .bundle import Bundle, as_bundle
 from .checkpoint import (
     PACKAGE_BUNDLE,
     PACKAGE_CONFIG_KEY,
@@ -35,6 +36,7 @@ from .checkpoint import (
 from .errors import RegconError
 from .io import atomic_path, read_array
 from .models import UNetConfig
+from .normalize import Normalization
 from .volume import Volume, as_volume
 
 WEIGHTS = "weights_torchscript.pt"
@@ -150,9 +152,9 @@ def _crop(vol: Volume, cfg: UNetConfig) -> np.ndarray:
     return np.ascontiguousarray(block, np.float32)
 
 
-def _scale_linear(norm: dict) -> tuple[list[float], list[float]]:
-    low = np.asarray(norm["low"], np.float64)
-    high = np.asarray(norm["high"], np.float64)
+def _scale_linear(norm: Normalization) -> tuple[list[float], list[float]]:
+    low = np.asarray(norm.low, np.float64)
+    high = np.asarray(norm.high, np.float64)
     gain = 1.0 / (high - low)
     return [float(g) for g in gain], [float(v) for v in -low * gain]
 
@@ -174,29 +176,29 @@ def _cover(raw: np.ndarray, probs: np.ndarray, gain: list[float], offset: list[f
     iio.imwrite(path, np.clip(img, 0, 255).astype(np.uint8))
 
 
-def _readme(bundle: dict, name: str, description: str, class_rows: list[str], diff: float,
+def _readme(bundle: Bundle, name: str, description: str, class_rows: list[str], diff: float,
             shape_in: tuple[int, ...], gain: list[float], offset: list[float]) -> str:
-    cfg = bundle["model"]
-    norm = bundle["normalization"]
-    method = bundle.get("pretext", {}).get("method")
-    steps = bundle.get("training", {}).get("step")
-    losses = bundle.get("history", {}).get("loss") or []
-    axes = "batch, channel, y, x" if cfg["ndim"] == 2 else "batch, channel, z, y, x"
+    cfg, norm = bundle.model, bundle.normalization
+    assert norm is not None  # a segmentation bundle always has one (Bundle.validate)
+    method = bundle.pretext.method
+    steps = bundle.training.step
+    losses = bundle.history.loss
+    axes = "batch, channel, y, x" if cfg.ndim == 2 else "batch, channel, z, y, x"
     lines = [
         f"# {name}", "", description, "",
         "Exported from a [napari-regcon](https://github.com/napari-regcon/napari-regcon) segmentation bundle "
         f"(napari-regcon {__version__}, PyTorch {torch.__version__}).", "",
         "## Model", "",
-        f"- {cfg['ndim']}D U-Net (GroupNorm), base width {cfg['base']}, depth {cfg['depth']}, "
-        f"{cfg['in_channels']} input channel(s), {cfg['out_channels']} classes.",
+        f"- {cfg.ndim}D U-Net (GroupNorm), base width {cfg.base}, depth {cfg.depth}, "
+        f"{cfg.in_channels} input channel(s), {cfg.out_channels} classes.",
         f"- Input axes: {axes}; every spatial size must be a multiple of "
-        f"{'x'.join(map(str, UNetConfig.from_dict(cfg).divisor))}.",
+        f"{'x'.join(map(str, cfg.divisor))}.",
         f"- Pretraining: {method or 'none'}; fine-tuning steps: {steps}"
         + (f"; final training loss {losses[-1]:.4f}." if losses else "."), "",
         "## Input normalisation", "",
-        f"Percentile normalisation (percentiles {norm.get('p_low', 1.0)} / {norm.get('p_high', 99.8)} of the "
+        f"Percentile normalisation (percentiles {norm.p_low} / {norm.p_high} of the "
         "training images, per channel): `(x - low) / (high - low)` with "
-        f"low = {norm['low']}, high = {norm['high']}. The package states it as a fixed `scale_linear` "
+        f"low = {list(norm.low)}, high = {list(norm.high)}. The package states it as a fixed `scale_linear` "
         f"preprocessing with gain = {gain} and offset = {offset} along the channel axis.", "",
         "## Output", "",
         "Class probabilities (softmax over the channel axis, computed inside the TorchScript weights):", "",
@@ -231,17 +233,16 @@ def export_bioimageio(model: str | Path, out: str | Path, *, image: Any = None, 
     """
     model = Path(model)
     bundle = load_model_source(model)
-    if bundle["kind"] != "segmentation":
+    typed = as_bundle(bundle, model)
+    if not typed.is_segmentation:
         raise RegconError(f"{model} is a pretrained (self-supervised) bundle without classes; fine-tune it on labels "
                           "before exporting it.")
     out, as_zip = check_export_target(out)
     spec = _require_spec()
-    cfg = UNetConfig.from_dict(bundle["model"])
-    data_info = bundle.get("data", {}) or {}
-    if channel_axis is None and cfg.in_channels > 1:
-        channel_axis = data_info.get("channel_axis")
+    cfg = typed.model
+    channel_axis = typed.channel_axis(channel_axis)
     if image is None:
-        sources = [s for s in data_info.get("sources", []) if s and Path(s).exists()]
+        sources = [s for s in typed.data.sources if s and Path(s).exists()]
         if not sources:
             raise RegconError(f"The training image of {model} is not available here; give an image for the "
                               "package's test input with --image.")
@@ -254,22 +255,24 @@ def export_bioimageio(model: str | Path, out: str | Path, *, image: Any = None, 
     if cfg.ndim == 3 and not vol.is_3d:
         raise RegconError("This is a 3D model, but the test image is 2D; give it a ZYX stack.")
 
-    from .workflows import run_predict
+    from .predict import PredictOptions, predict
 
     raw = _crop(vol, cfg)
     spatial = raw.shape[1:]
     # the expected output is what our own predictor gives (one tile covering the crop)
     # (a copy: Volume.read returns a view of float32 input, which the predictor normalises in place)
-    _, probs = run_predict(bundle, raw.copy(), channel_axis=0, probabilities=True, tile=spatial, device="cpu")
+    probs = predict(typed, raw.copy(), PredictOptions(channel_axis=0, probabilities=True, tile=spatial,
+                                                      device="cpu")).probabilities
     probs = np.ascontiguousarray(probs, np.float32)
-    gain, offset = _scale_linear(bundle["normalization"])
+    assert typed.normalization is not None  # a segmentation bundle always has one (Bundle.validate)
+    gain, offset = _scale_linear(typed.normalization)
 
-    values = [int(v) for v in bundle["classes"]["values"]]
-    names = [str(n) for n in bundle["classes"].get("names") or [f"class {v}" for v in values]]
+    values = typed.classes.values
+    names = [str(n) for n in typed.classes.names or [f"class {v}" for v in values]]
     class_rows = [f"| {i} | {n} | {v} |" for i, (n, v) in enumerate(zip(names, values))]
     mapping = ", ".join(f"{i}={n} (label {v})" for i, (n, v) in enumerate(zip(names, values)))
     name = _safe_name(name or f"napari-regcon {cfg.ndim}D {' '.join(names)}")
-    method = bundle.get("pretext", {}).get("method")
+    method = typed.pretext.method
     description = (description or (
         f"{cfg.ndim}D U-Net segmentation of {cfg.in_channels}-channel microscopy images into {len(values)} classes "
         f"({', '.join(names)}), fine-tuned on a few painted labels with napari-regcon"
@@ -280,9 +283,9 @@ def export_bioimageio(model: str | Path, out: str | Path, *, image: Any = None, 
         with atomic_path(out) as tmp:
             src = tmp.with_name(tmp.name + ".files")  # staging files, next to the package being written
             src.mkdir()
-            diff = _write_files(bundle, model, src, raw, probs, gain, offset)
+            diff = _write_files(typed, model, src, raw, probs, gain, offset)
             _cover(raw, probs, gain, offset, src / COVER)
-            (src / README).write_text(_readme(bundle, name, description, class_rows, diff, (1, *raw.shape),
+            (src / README).write_text(_readme(typed, name, description, class_rows, diff, (1, *raw.shape),
                                               gain, offset), encoding="utf-8")
             rdf = _rdf(spec, cfg, name, description, authors, names, values, gain, offset, mapping, method)
             status, warnings = _package(spec, rdf, src, tmp, as_zip)
@@ -291,11 +294,9 @@ def export_bioimageio(model: str | Path, out: str | Path, *, image: Any = None, 
     return ExportReport(out, status, diff, str(spec.__version__), rdf["format_version"], warnings)
 
 
-def _write_files(bundle: dict, model_path: Path, src: Path, raw: np.ndarray, probs: np.ndarray,
+def _write_files(bundle: Bundle, model_path: Path, src: Path, raw: np.ndarray, probs: np.ndarray,
                  gain: list[float], offset: list[float]) -> float:
     """TorchScript weights, test tensors and the attached bundle; returns the weights' max. deviation."""
-    from .workflows import model_from_bundle
-
     x = raw[None]
     np.save(src / TEST_INPUT, x)
     np.save(src / TEST_OUTPUT, probs[None])
@@ -304,7 +305,7 @@ def _write_files(bundle: dict, model_path: Path, src: Path, raw: np.ndarray, pro
     # what a bioimage.io consumer feeds the weights: the raw test input after scale_linear along channels
     shape = (1, -1) + (1,) * (x.ndim - 2)
     norm_x = (x.astype(np.float64) * np.reshape(gain, shape) + np.reshape(offset, shape)).astype(np.float32)
-    wrapped = _Probabilities(model_from_bundle(bundle)).eval()
+    wrapped = _Probabilities(bundle.build_model()).eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is what bioimage.io consumers run
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # a training-only shape check; output is verified
@@ -318,7 +319,7 @@ def _write_files(bundle: dict, model_path: Path, src: Path, raw: np.ndarray, pro
     if _is_bundle_file(model_path):
         shutil.copyfile(model_path, src / PACKAGE_BUNDLE)  # the original bytes: a lossless round trip
     else:
-        save_bundle(bundle, src / PACKAGE_BUNDLE)
+        save_bundle(bundle.to_dict(), src / PACKAGE_BUNDLE)
     return diff
 
 

@@ -47,12 +47,14 @@ def gaussian_weights(tile: tuple[int, ...], sigma_scale: float = 0.125) -> np.nd
 
 @dataclass
 class PredictEvent:
-    """Progress of a prediction: ``done`` tiles of ``total``."""
+    """Progress of a prediction: ``done`` units of ``total`` in a ``stage`` (``tiles`` of the network,
+    then ``crf`` planes when the prediction is CRF-refined)."""
 
     done: int
     total: int
     elapsed: float
     eta: float
+    stage: str = "tiles"
 
 
 def _pad_to(block: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -217,20 +219,3 @@ def _flush(write: Callable, acc: np.ndarray, wsum: np.ndarray, lo: int, plane: i
         return
     region = (slice(lo, lo + acc.shape[1]), *[slice(None)] * (acc.ndim - 2))
     write(region, acc / np.maximum(wsum, 1e-12), plane)
-
-
-def predict(model: UNet, volume: Volume, norm: Normalization, class_values: list[int] | None,
-            probabilities: bool = False, callback: Callable[[PredictEvent], None] | None = None,
-            **kwargs: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Predict into new numpy arrays: labels (spatial shape, uint8/uint16) and optional probabilities."""
-    c, z, y, x = volume.shape
-    spatial = volume.spatial_shape
-    labels = None
-    if class_values is not None:
-        dtype = np.uint8 if max(class_values) < 256 else np.uint16
-        labels = np.zeros(spatial, dtype)
-    probs = np.zeros((model.config.out_channels, *spatial), np.float32) if probabilities or class_values is None else None
-    for ev in iter_predict(model, volume, norm, labels, probs, class_values, **kwargs):
-        if callback is not None:
-            callback(ev)
-    return labels, probs

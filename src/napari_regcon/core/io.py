@@ -22,7 +22,8 @@ EAGER_TIFF_BYTES = 512 * 2**20  # compressed TIFFs larger than this are read laz
 IMAGE_SUFFIXES = (".tif", ".tiff", ".zarr", ".npy", ".png", ".jpg", ".jpeg")
 
 
-def _suffix(path: Path) -> str:
+def file_suffix(path: Path) -> str:
+    """The lower-case suffix that says a file's format (``.ome.zarr`` is ``.zarr``, ``.ome.tif`` is ``.tif``)."""
     name = path.name.lower().rstrip("/")
     for s in (".ome.zarr", ".ome.tif", ".ome.tiff"):
         if name.endswith(s):
@@ -35,7 +36,7 @@ def read_array(path: str | Path, what: str = "image") -> Any:
     path = Path(path)
     if not path.exists():
         raise RegconError(f"The {what} file {path} does not exist.")
-    suffix = _suffix(path)
+    suffix = file_suffix(path)
     if suffix not in IMAGE_SUFFIXES:
         raise RegconError(f"Cannot read {path}: unsupported format {suffix or '(no extension)'}; use .tif, .zarr, .npy or .png.")
     if path.is_file() and path.stat().st_size == 0:
@@ -104,7 +105,7 @@ def check_output_path(path: str | Path) -> Path:
     """Validate an output path's format and writability before any long work starts."""
     from .checkpoint import check_writable
     path = Path(path)
-    suffix = _suffix(path)
+    suffix = file_suffix(path)
     if suffix not in (".tif", ".tiff", ".zarr", ".npy"):
         raise RegconError(f"Cannot write {path}: use an output ending in .tif, .zarr or .npy.")
     check_writable(path)
@@ -130,7 +131,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def write_array(path: str | Path, data: np.ndarray, axes: str | None = None) -> Path:
     """Write a numpy array to .tif/.npy/.zarr atomically."""
     path = Path(path)
-    suffix = _suffix(path)
+    suffix = file_suffix(path)
     with atomic_path(path) as tmp:
         if suffix in (".tif", ".tiff"):
             import tifffile
@@ -158,7 +159,7 @@ def create_zarr(path: str | Path, shape: tuple[int, ...], dtype: Any, chunks: tu
 def create_output(path: str | Path, shape: tuple[int, ...], dtype: Any) -> Any:
     """Create an on-disk array to fill tile by tile (zarr store, memory-mapped NPY or TIFF)."""
     path = Path(path)
-    suffix = _suffix(path)
+    suffix = file_suffix(path)
     if suffix == ".zarr":
         return create_zarr(path, shape, dtype)
     if suffix == ".npy":
@@ -189,7 +190,7 @@ def read_voxel_size(path: str | Path) -> tuple[float, ...] | None:
     when the file does not say. Used to pick physically sensible anisotropic 3D defaults.
     """
     path = Path(path)
-    if _suffix(path) not in (".tif", ".tiff") or not path.is_file():
+    if file_suffix(path) not in (".tif", ".tiff") or not path.is_file():
         return None
     import tifffile
     try:

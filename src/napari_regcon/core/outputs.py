@@ -1,5 +1,8 @@
 """Prediction straight to files: atomic for TIFF/NPY, resumable tile band by band for zarr.
 
+The prediction itself is :func:`napari_regcon.core.predict.predict_events`; this module only
+creates the output files, checks the disk has room, and renames them into place.
+
 A zarr prediction is written into ``OUT.zarr.partial`` whose attributes record the finished units
 (planes for a 2D model, bands of tiles for a 3D model); when every unit is written it is renamed to
 ``OUT.zarr``. If the run is interrupted (Ctrl-C, a crash, a full disk) the same command picks up
@@ -9,30 +12,39 @@ after checking that the disk has room for them.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import shutil
+import tempfile
 from collections.abc import Callable, Generator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .bundle import Bundle, as_bundle
 from .errors import RegconError
 from .inference import PredictEvent
-from .io import _suffix, atomic_path, close_output, create_output, create_zarr
+from .io import atomic_path, close_output, create_output, create_zarr, file_suffix
+from .options import with_fields
+from .predict import PredictOptions, predict_events, prepare
 from .volume import as_volume
 
 PROGRESS_KEY = "napari_regcon_progress"
+SCRATCH = "probs-"
+"""Prefix (after ``.OUT.``) of the scratch folder holding probabilities only the post-processing needs."""
 
 
-def bundle_fingerprint(bundle: dict) -> str:
+def bundle_fingerprint(bundle: Bundle | dict) -> str:
     """A short hash of a bundle's weights and classes: a partial output only resumes with the same model."""
+    bundle = as_bundle(bundle)
     h = hashlib.sha1()
-    for k in sorted(bundle["state_dict"]):
+    for k in sorted(bundle.state_dict):
         h.update(k.encode())
-        h.update(bundle["state_dict"][k].float().numpy().tobytes())
-    h.update(repr(bundle["classes"].get("values")).encode())
+        h.update(bundle.state_dict[k].float().numpy().tobytes())
+    h.update(repr(bundle.classes.values).encode())
     return h.hexdigest()[:16]
 
 
@@ -42,7 +54,7 @@ def partial_path(out: str | Path) -> Path:
 
 
 def _is_zarr(path: str | Path | None) -> bool:
-    return path is not None and _suffix(Path(path)) == ".zarr"
+    return path is not None and file_suffix(Path(path)) == ".zarr"
 
 
 def _open_partial(path: Path, shape: tuple[int, ...], dtype: str, key: dict) -> tuple[Any, list[int]]:
@@ -67,52 +79,57 @@ def _free_bytes(path: Path) -> int:
     return shutil.disk_usage(path.parent if str(path.parent) else Path(".")).free
 
 
-def predict_to_files(bundle: dict, image: Any, out: str | Path, probabilities: str | Path | None = None, *,
-                     channel_axis: int | None = None, tile: Any = None, overlap: float = 0.25,
-                     batch_size: int = 4, device: str = "auto", should_stop: Callable[[], bool] | None = None,
+def predict_to_files(bundle: Bundle | dict, image: Any, out: str | Path, probabilities: str | Path | None = None, *,
+                     uncertainty: str | Path | None = None, options: PredictOptions | None = None,
+                     should_stop: Callable[[], bool] | None = None, **fields: Any,
                      ) -> Generator[PredictEvent, None, dict]:
-    """Predict ``image`` into ``out`` (labels) and optionally ``probabilities``; yields progress.
+    """Predict ``image`` into ``out`` (labels) and optionally ``probabilities`` and ``uncertainty``
+    files, with :func:`~napari_regcon.core.predict.predict_events`; yields progress.
 
-    Returns a summary dict: ``resumed_units`` (how many units a previous run had finished) and
-    ``complete``. When ``should_stop`` ends the run early, a zarr output stays ``.partial`` (resumable)
-    and TIFF/NPY outputs are not written.
+    ``options`` (or its fields as keywords: ``tile``, ``crf``, ``min_size``, ...) say how; the
+    uncertainty map is the entropy unless ``options.uncertainty`` names another kind. Returns a summary
+    dict: ``resumed_units`` (how many units a previous run had finished) and ``complete``. When
+    ``should_stop`` ends the run early, a zarr output stays ``.partial`` (resumable) and TIFF/NPY
+    outputs are not written. Zarr outputs are resumable only without post-processing (CRF,
+    ``min_size``, uncertainty); with it every output is written at the end, like TIFF/NPY.
     """
-    from .workflows import predict_arrays
-
     out = Path(out)
     probs_path = Path(probabilities) if probabilities else None
-    if channel_axis is None and bundle["model"]["in_channels"] > 1:
-        channel_axis = bundle.get("data", {}).get("channel_axis")
-    spatial = as_volume(image, channel_axis).spatial_shape
-    values = [int(v) for v in bundle["classes"]["values"]]
-    dtype = "uint8" if max(values) < 256 else "uint16"
+    unc_path = Path(uncertainty) if uncertainty else None
+    opts = with_fields(PredictOptions, options, **fields)
+    opts = replace(opts, probabilities=probs_path is not None,
+                   uncertainty=(opts.uncertainty or "entropy") if unc_path is not None else None)
+    typed = prepare(bundle)
+    vol = as_volume(image, typed.channel_axis(opts.channel_axis))
+    spatial, values, dtype = vol.spatial_shape, typed.classes.values, typed.label_dtype
     pshape = (len(values), *spatial)
-    resumable = _is_zarr(out) and (probs_path is None or _is_zarr(probs_path))
+    resumable = not opts.post_processing and all(_is_zarr(p) for p in (out, probs_path) if p is not None)
     if not resumable:
-        need = int(np.prod(spatial)) * np.dtype(dtype).itemsize + (int(np.prod(pshape)) * 4 if probs_path else 0)
+        need = int(np.prod(spatial)) * (dtype.itemsize + (4 if unc_path else 0)) + \
+            (int(np.prod(pshape)) * 4 if opts.needs_probabilities else 0)
         if need > _free_bytes(out):
             raise RegconError(f"Not enough free disk space for the prediction ({need / 2**30:.1f} GiB needed next to {out}).")
-        with atomic_path(out) as tmp_l:
-            labels = create_output(tmp_l, spatial, dtype)
-            if probs_path is None:
-                yield from predict_arrays(bundle, image, channel_axis=channel_axis, out_labels=labels,
-                                          tile=tile, overlap=overlap, batch_size=batch_size, device=device,
-                                          should_stop=should_stop)
-                _finish_or_stop(labels, should_stop)
-            else:
-                with atomic_path(probs_path) as tmp_p:
-                    probs = create_output(tmp_p, pshape, "float32")
-                    yield from predict_arrays(bundle, image, channel_axis=channel_axis, out_labels=labels,
-                                              out_probs=probs, probabilities=True, tile=tile, overlap=overlap,
-                                              batch_size=batch_size, device=device, should_stop=should_stop)
-                    _finish_or_stop(probs, should_stop)
-                    del probs
-                _finish_or_stop(labels, should_stop)
-            del labels
+        with contextlib.ExitStack() as stack:
+            labels = create_output(stack.enter_context(atomic_path(out)), spatial, dtype)
+            probs = unc = None
+            if probs_path is not None:
+                probs = create_output(stack.enter_context(atomic_path(probs_path)), pshape, "float32")
+            elif opts.needs_probabilities:  # scratch for the post-processing, next to the output
+                scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(
+                    prefix=f".{out.name}.{SCRATCH}", dir=out.resolve().parent)))
+                probs = np.lib.format.open_memmap(scratch / "probs.npy", mode="w+", dtype=np.float32, shape=pshape)
+            if unc_path is not None:
+                unc = create_output(stack.enter_context(atomic_path(unc_path)), spatial, "float32")
+            yield from predict_events(typed, image, opts, out_labels=labels, out_probs=probs, out_uncertainty=unc,
+                                      should_stop=should_stop)
+            for arr in (unc, probs if probs_path is not None else None, labels):
+                if arr is not None:
+                    _finish_or_stop(arr, should_stop)
+            del labels, probs, unc
         return {"resumed_units": 0, "complete": True}
 
-    key = {"model": bundle_fingerprint(bundle), "tile": str(tile), "overlap": overlap,
-           "image_shape": list(as_volume(image, channel_axis).shape)}
+    key = {"model": bundle_fingerprint(typed), "tile": str(opts.tile), "overlap": opts.overlap,
+           "image_shape": list(vol.shape)}
     part_l = partial_path(out)
     labels, done = _open_partial(part_l, spatial, dtype, key)
     probs = None
@@ -129,9 +146,7 @@ def predict_to_files(bundle: dict, image: Any, out: str | Path, probabilities: s
                 arr.attrs[PROGRESS_KEY] = {"key": key, "done": finished, "complete": False}
 
     try:
-        yield from predict_arrays(bundle, image, channel_axis=channel_axis, out_labels=labels, out_probs=probs,
-                                  probabilities=probs is not None, tile=tile, overlap=overlap,
-                                  batch_size=batch_size, device=device, should_stop=should_stop,
+        yield from predict_events(typed, image, opts, out_labels=labels, out_probs=probs, should_stop=should_stop,
                                   skip=done, on_unit_done=mark)
     except OSError as err:
         if err.errno == errno.ENOSPC:

@@ -1,4 +1,5 @@
-"""Post-processing of predictions: fully connected CRF refinement (GLRP's post-processing).
+"""Post-processing of predictions: fully connected CRF refinement (GLRP's post-processing), removal of
+small regions, uncertainty maps.
 
 :func:`crf_refine` runs mean-field inference of a dense CRF (Krähenbühl & Koltun 2011) on the
 class probabilities of a 2D image, slice by slice for stacks: a Gaussian smoothness kernel and a
@@ -13,11 +14,13 @@ threaded than with torch's thread pool on a shared 2-core machine.)
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 from scipy.ndimage import gaussian_filter
 
 from .errors import RegconError
@@ -161,17 +164,18 @@ def crf_refine(probabilities: np.ndarray, image: np.ndarray, *, iterations: int 
     return np.stack([refine(prob[:, z], grey[:, z], params, int(iterations)) for z in range(prob.shape[1])], 1)
 
 
-def crf_refine_into(probs: Any, image: Any, normalization: Any, out_labels: Any, class_values: list[int],
-                    out_probs: Any | None = None, callback: Callable[[int, int], None] | None = None,
-                    **crf_params: Any) -> None:
-    """Refine a prediction plane by plane (bounded memory): read ``probs`` (K, [Z,] Y, X), write
-    ``class_values[argmax]`` of the refined probabilities into ``out_labels`` and, when given, the
-    refined probabilities into ``out_probs``. ``image`` is a Volume (or array) and
-    ``normalization`` the bundle's, so grey levels are those the model saw (0..1 -> 0..255)."""
+def crf_refine_into(probs: Any, image: Any, normalization: Any, out_labels: Any, class_values: Sequence[int],
+                    out_probs: Any | None = None, **crf_params: Any) -> Iterator[tuple[int, int]]:
+    """Refine a prediction plane by plane (bounded memory), yielding ``(planes done, planes)`` after each.
+
+    Reads ``probs`` (K, [Z,] Y, X), writes ``class_values[argmax]`` of the refined probabilities into
+    ``out_labels`` and, when given, the refined probabilities into ``out_probs`` (which may be
+    ``probs`` itself: each plane is read before it is written). ``image`` is a Volume (or array)
+    and ``normalization`` the bundle's, so grey levels are those the model saw (0..1 -> 0..255)."""
     from .volume import as_volume
 
     vol = as_volume(image)
-    values = np.asarray(class_values)
+    values = np.asarray(list(class_values))
     planes = vol.shape[1] if vol.is_3d else 1
     for z in range(planes):
         where = (slice(None), z) if vol.is_3d else (slice(None),)
@@ -180,5 +184,82 @@ def crf_refine_into(probs: Any, image: Any, normalization: Any, out_labels: Any,
         out_labels[(z,) if vol.is_3d else ...] = values[refined.argmax(0)].astype(out_labels.dtype)
         if out_probs is not None:
             out_probs[where] = refined
-        if callback is not None:
-            callback(z + 1, planes)
+        yield z + 1, planes
+
+
+# --- clean-up and uncertainty ----------------------------------------------------------------
+
+UNCERTAINTY_KINDS = ("entropy", "margin")
+
+
+def _small_parts(mask: np.ndarray, min_size: int) -> np.ndarray:
+    """Pixels of ``mask`` in connected components smaller than ``min_size`` (skimage old/new API)."""
+    from skimage import morphology
+
+    params = inspect.signature(morphology.remove_small_objects).parameters
+    if "max_size" in params:  # scikit-image >= 0.26: removes components of size <= max_size
+        kept = morphology.remove_small_objects(mask, max_size=min_size - 1)
+    else:
+        kept = morphology.remove_small_objects(mask, min_size=min_size)
+    return mask & ~kept
+
+
+def _clean(plane: np.ndarray, class_values: Sequence[int], min_size: int) -> np.ndarray:
+    """Give the regions of ``plane`` smaller than ``min_size`` the nearest other class (in place)."""
+    small = np.zeros(plane.shape, bool)
+    for value in class_values:
+        small |= _small_parts(plane == value, min_size)
+    if small.any() and not small.all():
+        _, nearest = ndimage.distance_transform_edt(small, return_indices=True)
+        plane[small] = plane[tuple(ix[small] for ix in nearest)]
+    return plane
+
+
+def remove_small_regions_into(labels: Any, class_values: Sequence[int], min_size: int, per_plane: bool = True) -> None:
+    """Reassign connected regions smaller than ``min_size`` pixels to the surrounding class, in place.
+
+    Applied to every class alike (removing a small object of one class fills a small hole of
+    another), plane by plane for 2D-model predictions of stacks (``per_plane``), so a memory-mapped
+    or zarr ``labels`` is read one plane at a time.
+    """
+    if min_size <= 1:
+        return
+    if per_plane and labels.ndim == 3:
+        for z in range(labels.shape[0]):
+            labels[z] = _clean(np.array(labels[z]), class_values, min_size)
+    else:
+        labels[...] = _clean(np.array(labels[...]), class_values, min_size)
+
+
+def remove_small_regions(labels: np.ndarray, class_values: Sequence[int], min_size: int,
+                         per_plane: bool = True) -> np.ndarray:
+    """:func:`remove_small_regions_into` on a copy of ``labels``; returns the copy."""
+    out = np.array(labels, copy=True)
+    remove_small_regions_into(out, class_values, min_size, per_plane)
+    return out
+
+
+def uncertainty_map(probs: np.ndarray, kind: str = "entropy") -> np.ndarray:
+    """Per-pixel uncertainty in [0, 1] from class probabilities (classes first).
+
+    ``entropy``: Shannon entropy divided by log(K); ``margin``: 1 - max probability, scaled so
+    that a uniform prediction gives 1.
+    """
+    k = probs.shape[0]
+    if k < 2:
+        return np.zeros(probs.shape[1:], np.float32)
+    if kind == "entropy":
+        p = np.clip(probs, 1e-7, 1.0)
+        return (-(p * np.log(p)).sum(0) / np.log(k)).astype(np.float32)
+    if kind == "margin":
+        return ((1.0 - probs.max(0)) * k / (k - 1)).astype(np.float32)
+    raise ValueError(f"unknown uncertainty kind {kind!r}")
+
+
+def uncertainty_into(probs: Any, out: Any, kind: str = "entropy") -> None:
+    """:func:`uncertainty_map` of ``probs`` (K, [Z,] Y, X) written into ``out``, one plane at a time."""
+    if probs.ndim == 4:
+        for z in range(probs.shape[1]):
+            out[z] = uncertainty_map(np.asarray(probs[:, z]), kind)
+    else:
+        out[...] = uncertainty_map(np.asarray(probs), kind)

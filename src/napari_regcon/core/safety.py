@@ -9,7 +9,7 @@ Every writer (the CLI's commands, the widgets' Save…, the demo, export) follow
   ``O_EXCL``), so a second run on the same output fails with one sentence instead of both
   reporting success; a lock left by a dead process is taken over;
 - the hidden temporary files an interrupted run left next to the output (``.NAME.XXXXXXXX/``,
-  ``.NAME.XXXXXXXX.tmp``, ``.NAME.crf-XXXXXXXX/``) are removed by the next run on that output.
+  ``.NAME.XXXXXXXX.tmp``, ``.NAME.probs-XXXXXXXX/``) are removed by the next run on that output.
 
 Writes themselves stay atomic (temporary sibling + rename, see :mod:`.io` and :mod:`.checkpoint`).
 """
@@ -23,9 +23,12 @@ import shutil
 import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import RegconError
+
+if TYPE_CHECKING:
+    from .bundle import Bundle
 
 BUNDLE_SUFFIX = ".pt"
 
@@ -86,8 +89,9 @@ def check_outputs_differ(outputs: Iterable[str | Path | None]) -> None:
 # --- stale temporary files --------------------------------------------------------------------
 
 def _temp_pattern(name: str) -> re.Pattern[str]:
-    # tempfile.mkdtemp/mkstemp add 8 characters of [a-z0-9_]; save_bundle adds ".tmp"; predict --crf uses ".crf-"
-    return re.compile(rf"^\.{re.escape(name)}\.(crf-)?[a-z0-9_]{{8}}(\.tmp)?(\.files)?$")
+    # tempfile.mkdtemp/mkstemp add 8 characters of [a-z0-9_]; save_bundle adds ".tmp"; the scratch
+    # probabilities of a post-processed prediction go to ".probs-" (".crf-" in earlier versions)
+    return re.compile(rf"^\.{re.escape(name)}\.(crf-|probs-)?[a-z0-9_]{{8}}(\.tmp)?(\.files)?$")
 
 
 def stale_temps(out: str | Path) -> list[Path]:
@@ -195,37 +199,41 @@ def writing(outputs: Iterable[str | Path | None]) -> Iterator[None]:
 _KIND_FROM = {"pretrained": "pretrain", "segmentation": "finetune"}
 
 
-def check_resume(bundle: dict, path: str | Path, command: str, steps: int, method: str | None = None) -> None:
+def check_resume(bundle: Bundle | dict, path: str | Path, command: str, steps: int, method: str | None = None) -> None:
     """Refuse a ``--resume`` bundle that cannot continue this run, in one sentence."""
+    from .bundle import as_bundle
+
+    bundle = as_bundle(bundle, path)
     want = "pretrained" if command == "pretrain" else "segmentation"
-    kind = bundle.get("kind")
+    kind = bundle.kind
     if kind != want:
         hint = " (use --init to start from it)" if command == "finetune" else ""
         raise RegconError(f"{path} is a {kind} bundle (from {_KIND_FROM.get(kind, '?')}), but {command} --resume "
                           f"expects a {want} bundle from an interrupted {command} run{hint}.")
-    done_method = (bundle.get("pretext") or {}).get("method")
+    done_method = bundle.pretext.method
     if command == "pretrain" and method and done_method and done_method != method:
         raise RegconError(f"{path} was pretrained with --method {done_method}, but this run asks for --method "
                           f"{method}; resume with --method {done_method} or start without --resume.")
-    training = bundle.get("training") or {}
-    if "optimizer" not in training or "step" not in training:
+    if not bundle.training.resumable:
         raise RegconError(f"{path} holds no training state to resume (it is a finished or exported bundle); "
                           "use it as --init instead.")
-    done = int(training["step"])
+    done = int(bundle.training.step or 0)
     if steps <= done:
         raise RegconError(f"{path} has already done {done} steps, so --steps {steps} would add nothing; pass "
                           f"--steps larger than {done} to continue training.")
 
 
-def load_resumed_weights(model: Any, bundle: dict) -> None:
+def load_resumed_weights(model: Any, bundle: Bundle | dict) -> None:
     """Load a ``--resume`` bundle's weights, explaining an architecture mismatch in one sentence."""
+    from .bundle import as_bundle
+
+    bundle = as_bundle(bundle)
     try:
-        model.load_state_dict(bundle["state_dict"])
+        model.load_state_dict(bundle.state_dict)
     except RuntimeError:
-        m = bundle.get("model", {})
-        c = model.config
-        raise RegconError(f"The --resume bundle is a {m.get('ndim')}D network (base {m.get('base')}, depth "
-                          f"{m.get('depth')}, {m.get('out_channels')} outputs) but this run builds a {c.ndim}D one "
+        m, c = bundle.model, model.config
+        raise RegconError(f"The --resume bundle is a {m.ndim}D network (base {m.base}, depth "
+                          f"{m.depth}, {m.out_channels} outputs) but this run builds a {c.ndim}D one "
                           f"(base {c.base}, depth {c.depth}, {c.out_channels} outputs); resume with the options "
                           "and labels of the interrupted run.") from None
 

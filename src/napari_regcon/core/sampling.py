@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import RegconError
-from .labels import IGNORE, LabelSet
+from .labels import LabelSet
 from .normalize import Normalization
 from .volume import Volume
 
@@ -136,11 +136,6 @@ class PatchSampler:
         if targets:
             batch["target"] = np.stack(targets)
         return batch
-
-
-def has_annotation(target: np.ndarray) -> bool:
-    """True when any pixel of an encoded target is annotated."""
-    return bool((target != IGNORE).any())
 
 
 class SemiSupervisedSampler(PatchSampler):

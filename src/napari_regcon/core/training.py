@@ -22,6 +22,7 @@ from . import distributed
 from .device import get_device
 from .models import UNet
 from .precision import autocast_factory, precision_name, resolve_precision
+from .checkpoint import save_bundle
 from .pretext.base import Task
 from .sampling import PatchSampler
 
@@ -217,16 +218,13 @@ def iter_train(model: UNet, task: Task, sampler: PatchSampler, config: TrainConf
     resume
         The ``training`` section of a bundle written by an interrupted run of the same setup.
     """
-    from .checkpoint import save_bundle  # local: avoid an import cycle
 
     device = get_device(config.device)
     dtype = resolve_precision("fp32" if config.amp is False else config.precision, device)
     autocast = autocast_factory(device, dtype)
     use_amp = dtype == torch.float16  # only fp16 needs loss scaling
     model.to(device)
-    bind = getattr(task, "bind", None)  # tasks whose heads are sized by the network build them now
-    if bind is not None:
-        bind(model)
+    task.bind(model)  # tasks whose heads are sized by the network build them now
     task.to(device)
     params = [p for p in list(model.parameters()) + list(task.parameters()) if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -300,7 +298,7 @@ def iter_train(model: UNet, task: Task, sampler: PatchSampler, config: TrainConf
             path = checkpoint(result)
             yield Progress("cancelled", step, config.steps, elapsed=time.perf_counter() - t0, path=path)
             return result
-        options = getattr(task, "sample_options", None)  # e.g. neighbouring slices for glrp
+        options = task.sample_options  # e.g. neighbouring slices for glrp
         batch = task.prepare(sampler.sample(config.batch_size, **options) if options else sampler.sample(config.batch_size), rng)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with autocast():

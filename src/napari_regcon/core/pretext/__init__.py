@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
 from ..errors import RegconError
 from .base import Task
 from .glrp import GLRPPretext
@@ -25,4 +29,17 @@ def get_pretext(name: str, **params) -> Task:
         raise RegconError(f"Bad parameter for --method {name}: {err}.") from None
 
 
-__all__ = ["PRETEXTS", "Task", "get_pretext"]
+def with_voxel_size(method: str, params: dict[str, Any], ndim: int, voxel: Sequence[float] | None) -> dict[str, Any]:
+    """``params`` plus ``voxel_size`` when the method takes one, the model is 3D, the user set none and
+    the (Z, Y, X) voxel size of the image is known (from the file's metadata, or a layer's scale)."""
+    cls = PRETEXTS.get(method)
+    try:
+        accepts = cls is not None and "voxel_size" in inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        accepts = False
+    if accepts and ndim == 3 and "voxel_size" not in params and voxel is not None and len(voxel) == 3:
+        return {**params, "voxel_size": [float(v) for v in voxel]}
+    return params
+
+
+__all__ = ["PRETEXTS", "Task", "get_pretext", "with_voxel_size"]

@@ -20,14 +20,27 @@ from ..models import UNet
 class Task(nn.Module):
     """Base class of training objectives.
 
-    Subclasses set ``name``, ``kind`` (``pretrained`` or ``segmentation``) and ``transfer``
-    (state-dict prefixes of the U-Net that carry over to fine-tuning).
+    Subclasses set ``name``, ``kind`` (``pretrained`` or ``segmentation``), ``transfer``
+    (state-dict prefixes of the U-Net that carry over to fine-tuning) and, when it differs,
+    ``weight_decay`` (AdamW's, for pretraining with this task). Two optional hooks have defaults
+    that do nothing: :meth:`bind` (build heads sized by the network) and :attr:`sample_options`
+    (what to ask the patch sampler for).
     """
 
     name: ClassVar[str] = "task"
     kind: ClassVar[str] = "pretrained"
     description: ClassVar[str] = ""
     transfer: ClassVar[tuple[str, ...]] = ("encoder.", "upsample.", "decoder.")
+    weight_decay: ClassVar[float] = 1e-4
+
+    def bind(self, model: UNet) -> None:
+        """Called by the training loop with the network before it builds the optimiser, so that heads
+        sized by the network's widths can be built now and train with it (default: nothing to build)."""
+
+    @property
+    def sample_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``PatchSampler.sample`` (e.g. groups of neighbouring slices); default none."""
+        return {}
 
     def out_channels(self, in_channels: int) -> int:
         """Channels of the U-Net head while training this task."""

@@ -156,6 +156,7 @@ class MIMPretext(Task):
     kind = "pretrained"
     description = ("Masked image modelling: hide patches and learn to fill them in (fast, robust default); "
                    "--mask intensity hides bright structures more often, --mask channel masks each channel separately.")
+    weight_decay = 0.05  # masked autoencoders train with a stronger weight decay than the contrastive tasks
 
     def __init__(self, ratio: float = 0.6, patch: int | str | Sequence[int] = 16, mask: str | Sequence[str] = "random",
                  temperature: float = 1.0, voxel_size: Sequence[float] | None = None) -> None:
