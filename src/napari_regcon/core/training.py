@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from . import distributed
+from .checkpoint import save_bundle
 from .device import get_device
 from .models import UNet
 from .precision import autocast_factory, precision_name, resolve_precision
-from .checkpoint import save_bundle
 from .pretext.base import Task
 from .sampling import PatchSampler
 
