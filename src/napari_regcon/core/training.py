@@ -261,7 +261,8 @@ def iter_train(model: UNet, task: Task, sampler: PatchSampler, config: TrainConf
             rng.bit_generator.state = resume["rng"]
             sampler.rng.bit_generator.state = resume["sampler_rng"]
         history = {k: list(v) for k, v in resume["history"].items()}
-        plan.update(resume.get("plan", {}))
+        if int(resume.get("total_steps", -1)) == config.steps:  # the same run resumed: keep its cool-down
+            plan.update(resume.get("plan", {}))
 
     def state() -> dict[str, Any]:
         return {"step": step, "total_steps": config.steps, "config": config.to_dict(),
