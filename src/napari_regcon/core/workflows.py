@@ -38,6 +38,7 @@ from .sampling import (
     SemiSupervisedSampler,
     check_patch_size,
     default_patch_size,
+    fit_patch,
 )
 from .semisupervised import SemiSupervisedTask
 from .supervised import SupervisedTask
@@ -100,12 +101,21 @@ def _volumes(images: Sequence[Any], channel_axis: int | None, ndim: int) -> list
     return vols
 
 
-def _patch(patch_size: Any, vols: list[Volume], ndim: int, cfg: UNetConfig | None) -> tuple[int, ...]:
+def _patch(patch_size: Any, vols: list[Volume], ndim: int, cfg: UNetConfig | None,
+           notes: list[str] | None = None) -> tuple[int, ...]:
+    """The training patch: the one asked for (or the default), clipped to the smallest image.
+
+    An axis longer than the image is cut to the image's size, rounded down to what the network
+    needs (a multiple of 2**depth in Y/X, of the Z poolings of a given network in Z); the change is
+    told in one sentence appended to ``notes``.
+    """
     mult = 2 ** (cfg.depth if cfg else 3)
     patch = parse_patch(patch_size, ndim)
     smallest = tuple(min(v.shape[i + 1] for v in vols) for i in range(3))
-    if patch is None:
-        patch = default_patch_size(smallest, ndim, mult)
+    zdiv = cfg.divisor[0] if cfg is not None and cfg.ndim == 3 and ndim == 3 else 1
+    patch, note = fit_patch(patch or default_patch_size(smallest, ndim, mult), smallest, ndim, mult, zdiv)
+    if note and notes is not None:
+        notes.append(note)
     check_patch_size(patch, [v.shape[1:] for v in vols], ndim)
     for p in patch[-2:]:
         if p % mult:
@@ -142,7 +152,8 @@ def pretrain_job(images: Sequence[Any], method: str = "mim", *, ndim: int = 2, c
     for v in vols:
         task.check_input(v.shape, ndim)
     norm = fit_normalization(vols)
-    patch = _patch(patch_size, vols, ndim, UNetConfig(depth=depth))
+    notes: list[str] = []
+    patch = _patch(patch_size, vols, ndim, UNetConfig(depth=depth), notes)
     cfg = _config(ndim, vols[0].shape[0], task.out_channels(vols[0].shape[0]), patch, base, depth)
     seed_everything(seed)
     model = build_model(cfg)
@@ -161,7 +172,7 @@ def pretrain_job(images: Sequence[Any], method: str = "mim", *, ndim: int = 2, c
                            data={"patch_size": list(patch), "channel_axis": channel_axis, "sources": sources or []})
 
     return Job(model, task, sampler, config, bundle_fn, resume["training"] if resume else None,
-               {"patch": patch, "normalization": norm, "method": method})
+               {"patch": patch, "normalization": norm, "method": method, "notes": notes})
 
 
 def finetune_job(image: Any, labels: Any, *, init: dict | None = None, dense: bool = False, ndim: int = 2,
@@ -190,15 +201,16 @@ def finetune_job(image: Any, labels: Any, *, init: dict | None = None, dense: bo
         raise RegconError(f"{len(class_names)} class names were given for {labelset.n_classes} classes ({labelset.class_values}).")
     vols_u = _volumes(list(unlabeled), channel_axis, ndim) if unlabeled else []
     norm = fit_normalization([vol, *vols_u])
+    notes: list[str] = []
     if init is not None:
         icfg = UNetConfig.from_dict(init["model"])
         if icfg.in_channels != vol.shape[0]:
             raise RegconError(f"The initial model expects {icfg.in_channels} channel(s) but the image has {vol.shape[0]}.")
-        patch = _patch(patch_size or init.get("data", {}).get("patch_size"), [vol], ndim, icfg)
+        patch = _patch(patch_size or init.get("data", {}).get("patch_size"), [vol, *vols_u], ndim, icfg, notes)
         cfg = UNetConfig(ndim=ndim, in_channels=icfg.in_channels, out_channels=labelset.n_classes, base=base,
                          depth=depth, pool_z=list(icfg.pool_z))
     else:
-        patch = _patch(patch_size, [vol], ndim, UNetConfig(depth=depth))
+        patch = _patch(patch_size, [vol, *vols_u], ndim, UNetConfig(depth=depth), notes)
         cfg = _config(ndim, vol.shape[0], labelset.n_classes, patch, base, depth)
     seed_everything(seed)
     model = build_model(cfg)
@@ -243,7 +255,7 @@ def finetune_job(image: Any, labels: Any, *, init: dict | None = None, dense: bo
 
     return Job(model, task, sampler, config, bundle_fn, resume["training"] if resume else None,
                {"patch": patch, "normalization": norm, "classes": classes, "labelset": labelset,
-                "recipe": chosen})
+                "recipe": chosen, "notes": notes})
 
 
 def load_init(model: UNet, init: dict) -> list[str]:
