@@ -4,9 +4,12 @@ size from the plugin's reader. Real short runs on real crops; run under ``xvfb-r
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
-from widget_utils import Notes, make_widget, run
+import tifffile
+from widget_utils import Notes, make_widget, paint_stroke, run, tiny
 
+from napari_regcon._widgets.layers import repeated_axes, spatial_labels
 from napari_regcon._widgets.options import PRESETS
 
 pytestmark = pytest.mark.gui
@@ -101,3 +104,123 @@ def test_widget_wording_of_core_messages():
         text = widget_text(message)
         assert expected in text and "--" not in text, (message, text)
     assert widget_text("A plain sentence - with a dash.") == "A plain sentence - with a dash."
+
+
+@pytest.fixture(scope="module")
+def two_channels(vessel_dir, vessel_thin) -> tuple[np.ndarray, np.ndarray]:
+    """A 2-channel ZCYX stack built from two real two-photon stacks (01 and 04, the same 3x96x96 crop)
+    and the labels of channel 1."""
+    raw, truth = vessel_thin
+    other = tifffile.imread(vessel_dir / "raw_04.tif")[4:7, 200:296, 200:296]
+    return np.stack([raw, other], axis=1), truth
+
+
+def _displayed(layer) -> np.ndarray:
+    """The 2D slice napari shows of ``layer`` at the viewer's current position."""
+    return np.asarray(layer._slice.image.raw)
+
+
+def test_plugin_layers_show_over_every_channel(make_napari_viewer, qtbot, two_channels):
+    zcyx, truth = two_channels
+    scale = (5.0, 1.0, 0.994, 0.994)
+    viewer, w = make_widget(make_napari_viewer, zcyx, show=True, name="two channels", scale=scale)
+    img = viewer.layers["two channels"]
+    notes = Notes()
+    ft, pr, co = w.finetune, w.predict, w.correct
+
+    lab = ft.create_labels_layer()
+    zyx = spatial_labels(lab.data, img, 1)
+    # one ZYX labels array, seen over the image's channel axis (stride 0): no channel of its own
+    assert zyx.shape == (3, 96, 96) and repeated_axes(lab.data) == (1,) and np.shares_memory(zyx, lab.data)
+    assert tuple(lab.scale) == scale and tuple(lab.translate) == tuple(img.translate)
+    zyx[1] = truth[1]  # strokes everywhere on the middle plane
+    lab.refresh()
+    viewer.dims.set_current_step(0, 1)
+    tiny(ft, steps=4)
+    ft.preview_every = 0.0
+    run(qtbot, ft)
+    model = w.session.latest("segmentation")
+    assert model is not None and model.bundle["model"]["in_channels"] == 2 and model.bundle["data"]["channel_axis"] == 1
+    pr.uncertainty.setChecked(True)
+    pr.probabilities.setChecked(True)
+    pr.image.set_layer(img)
+    run(qtbot, pr)
+    assert not notes.errors(), notes.errors()
+    pred = pr.last_prediction
+    made = [lab, ft.preview_layer, pred, viewer.layers["two channels uncertainty"],
+            *[ly for ly in viewer.layers if ly.name.startswith("P(")]]
+    assert len(made) == 5
+    for layer in made:
+        layer.visible = True
+
+    viewer.dims.set_current_step(1, 1)  # channel 2 in view
+    assert viewer.dims.point[1] == 1
+    for layer in made:
+        assert layer.visible and layer.ndim == 4 and repeated_axes(layer.data) == (1,), layer.name
+        assert tuple(layer.scale) == scale, layer.name
+        shown = _displayed(layer)
+        assert shown.shape == (96, 96) and shown.any(), layer.name  # shown at channel 2, not hidden
+        np.testing.assert_array_equal(shown, np.asarray(layer.data)[1, 0])  # the plane z=1 of the one array
+    np.testing.assert_array_equal(_displayed(lab), truth[1])
+
+    # painting at channel 2 writes into the ZYX labels, and channel 1 shows it
+    zyx[1, 10:30, 10:60] = 0
+    lab.refresh()
+    paint_stroke(qtbot, viewer, lab, (20 * 0.994, 20 * 0.994), (20 * 0.994, 50 * 0.994), label=2)
+    stroke = zyx[1, 10:30, 10:60] == 2
+    assert stroke.sum() > 50 and not zyx[[0, 2]].any()
+    assert (_displayed(lab)[10:30, 10:60] == 2).sum() == stroke.sum()
+    viewer.dims.set_current_step(1, 0)
+    assert (_displayed(lab)[10:30, 10:60] == 2).sum() == stroke.sum()
+
+    # correcting at channel 2: a repainted prediction goes into the labels once, not once per channel
+    viewer.dims.set_current_step(1, 1)
+    co.labels.set_layer(lab)
+    co.prediction.set_layer(pred)
+    pred_zyx = np.asarray(pred.data)[:, 0]
+    target = 1 if (pred_zyx[1, 70:80, 70:90] == 2).mean() > 0.5 else 2
+    zyx[1, 60:90, 60:95] = 0
+    lab.refresh()
+    before = zyx.copy()
+    paint_stroke(qtbot, viewer, pred, (75 * 0.994, 70 * 0.994), (75 * 0.994, 85 * 0.994), label=target)
+    repainted = int((np.asarray(pred.data)[:, 0] != pred.metadata["regcon_original"][:, 0]).sum())
+    assert repainted > 20
+    n = co.copy_user_corrections()
+    assert n == repainted and (zyx[1, 60:90, 60:95] == target).sum() >= repainted
+    # and the prediction of the slice in view (z = 1) fills what is not annotated there, once
+    unannotated = int((zyx[1] == 0).sum())
+    n = co.accept_current_slice()
+    assert n == unannotated > 0 and not (zyx[1] == 0).any() and "slice 1" in notes.infos()[-1]
+    assert (zyx[1] == before[1])[before[1] > 0].all()  # the user's own labels were kept
+    assert not zyx[[0, 2]].any()
+
+    assert not notes.errors(), notes.errors()
+
+
+def test_channel_first_stack_gets_plain_zyx_layers(make_napari_viewer, qtbot, two_channels):
+    """Channel first (CZYX): the plugin's layers are plain ZYX, lined up by napari's trailing axes."""
+    zcyx, truth = two_channels
+    viewer, w = make_widget(make_napari_viewer, np.moveaxis(zcyx, 1, 0), show=True, name="channel first",
+                            scale=(1.0, 5.0, 0.994, 0.994))
+    notes = Notes()
+    ft, pr = w.finetune, w.predict
+    lab = ft.create_labels_layer()
+    assert lab.data.shape == (3, 96, 96) and not repeated_axes(lab.data) and tuple(lab.scale) == (5.0, 0.994, 0.994)
+    lab.data[1] = truth[1]
+    tiny(ft, steps=2)
+    ft.preview.setChecked(False)
+    run(qtbot, ft)
+    assert w.session.latest("segmentation").bundle["data"]["channel_axis"] == 0
+    run(qtbot, pr)
+    pred = pr.last_prediction
+    assert pred.data.shape == (3, 96, 96) and tuple(pred.scale) == (5.0, 0.994, 0.994)
+    viewer.dims.set_current_step(0, 1)  # channel 2 (the leading world axis)
+    viewer.dims.set_current_step(1, 1)
+    for layer in (lab, pred):
+        np.testing.assert_array_equal(_displayed(layer), layer.data[1])
+        assert _displayed(layer).any()
+    lab.data[1, 10:30, 10:60] = 0
+    lab.refresh()
+    paint_stroke(qtbot, viewer, lab, (20 * 0.994, 20 * 0.994), (20 * 0.994, 50 * 0.994), label=1)
+    assert (lab.data[1, 10:30, 10:60] == 1).sum() > 50 and (lab.data[[0, 2]] == 0).all()
+    assert not notes.errors(), notes.errors()

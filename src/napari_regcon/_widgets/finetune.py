@@ -255,15 +255,15 @@ class FinetuneWidget(QWidget):
         """
         run = self._run
         img, ca = run["image"], run["channel_axis"]
-        shape = to_layer_data(np.zeros(spatial_shape(layer_array(img).shape, ca), np.uint8), img, ca).shape
+        data = to_layer_data(np.zeros(spatial_shape(layer_array(img).shape, ca), np.uint8), img, ca)
         layer = self.preview_layer
-        if in_viewer(self.viewer, layer) and tuple(layer.data.shape) == tuple(shape):
+        if in_viewer(self.viewer, layer) and tuple(layer.data.shape) == tuple(data.shape):
             layer.data[...] = 0
             layer.refresh()
             return layer
         active = self.viewer.layers.selection.active
         names = class_names_of(run["labels"]) or parse_class_names(self.classes.text())
-        layer = unwrap(self.viewer.add_labels(np.zeros(shape, np.uint8), name=PREVIEW_NAME, opacity=0.5,
+        layer = unwrap(self.viewer.add_labels(data, name=PREVIEW_NAME, opacity=0.5,
                                               **labels_kwargs(names, img, ca)))
         if in_viewer(self.viewer, active):
             self.viewer.layers.selection.active = active  # keep painting where the user was

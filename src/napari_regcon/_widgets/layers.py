@@ -1,8 +1,14 @@
 """Layers <-> arrays: what the widgets read from napari layers and how results become layers.
 
-Main-thread helpers (no Qt). Output layers take the image layer's scale and translate; when an
-image keeps its channels in one layer with the channel axis between spatial axes (e.g. ZCYX),
-outputs keep a size-1 channel axis so that napari lines them up with the image.
+Main-thread helpers (no Qt). Output layers (labels to paint, live preview, prediction,
+probabilities, uncertainty) take the image layer's scale and translate and have no channel of
+their own: one spatial (ZYX or YX) array shown over every channel of the image.
+
+napari lines layers up by their trailing axes, so a ZYX layer lines up with a CZYX image (channel
+first) and shows at every position of its channel slider. With the channel axis between spatial
+axes (ZCYX, as ImageJ hyperstacks load) a ZYX layer would land on the C, Y, X axes; there the
+output is the ZYX array seen through a channel axis of stride 0 (:func:`repeat_channels`, no copy):
+every channel position shows, and painting at any channel writes, the same ZYX labels.
 """
 
 from __future__ import annotations
@@ -64,7 +70,7 @@ def spatial_shape(shape: Sequence[int], channel_axis: int | None) -> tuple[int, 
 
 
 def keeps_channel_dim(layer: Any, channel_axis: int | None) -> bool:
-    """True when outputs need a size-1 channel axis to line up with the image in the viewer."""
+    """True when outputs need a (repeated) channel axis to line up with the image in the viewer."""
     if channel_axis is None or getattr(layer, "rgb", False):
         return False
     return channel_axis % len(layer_array(layer).shape) != 0
@@ -79,19 +85,41 @@ def output_geometry(layer: Any, channel_axis: int | None) -> dict[str, Any]:
     return {"scale": tuple(scale), "translate": tuple(translate)}
 
 
+def repeat_channels(arr: Any, axis: int, n: int) -> np.ndarray:
+    """``arr`` seen with an axis of length ``n`` inserted at ``axis`` that repeats it: a view of
+    stride 0 along that axis (no copy), writeable when ``arr`` is, so a write at any position of
+    the axis changes ``arr`` itself."""
+    base = np.expand_dims(np.asarray(arr), axis)
+    shape, strides = list(base.shape), list(base.strides)
+    shape[axis], strides[axis] = int(n), 0
+    return np.lib.stride_tricks.as_strided(base, shape=tuple(shape), strides=tuple(strides),
+                                           writeable=base.flags.writeable)
+
+
+def repeated_axes(arr: Any) -> tuple[int, ...]:
+    """Axes along which ``arr`` repeats itself (stride 0, length > 1), as :func:`repeat_channels` makes."""
+    strides = getattr(arr, "strides", None)
+    if strides is None:
+        return ()
+    return tuple(a for a, (st, n) in enumerate(zip(strides, arr.shape)) if st == 0 and n > 1)
+
+
 def to_layer_data(arr: np.ndarray, layer: Any, channel_axis: int | None, leading: int = 0) -> np.ndarray:
-    """Insert the size-1 channel axis when needed (``leading`` extra axes before the spatial ones)."""
+    """A spatial array (``leading`` extra axes before the spatial ones) as data of an output layer
+    for the image ``layer``: as it is, or repeated over a ZCYX image's channel axis (no copy)."""
     if keeps_channel_dim(layer, channel_axis):
-        return np.expand_dims(arr, leading + channel_axis % len(layer_array(layer).shape))
+        shape = layer_array(layer).shape
+        return repeat_channels(arr, leading + channel_axis % len(shape), shape[channel_axis % len(shape)])
     return arr
 
 
 def spatial_labels(labels: Any, image_layer: Any, channel_axis: int | None) -> Any:
-    """A labels array seen with the image's spatial shape (drops a size-1 channel axis)."""
+    """A labels array seen with the image's spatial shape (a view without the image's channel axis:
+    the repeated or size-1 axis of the layers made for a ZCYX image)."""
     shape = tuple(labels.shape)
     if keeps_channel_dim(image_layer, channel_axis) and len(shape) == len(layer_array(image_layer).shape):
         ax = channel_axis % len(shape)
-        if shape[ax] == 1:
+        if shape[ax] == 1 or ax in repeated_axes(labels):
             return labels[tuple(0 if i == ax else slice(None) for i in range(len(shape)))]
     return labels
 
@@ -170,14 +198,23 @@ def fill_labels(labels_layer: Any, source: np.ndarray, where: np.ndarray, overwr
     layer that ``source``/``where`` cover. Returns how many pixels changed.
     """
     current = np.asarray(labels_layer.data[index] if index else labels_layer.data)
-    mask = np.asarray(where, bool) & (np.asarray(source) > 0)
+    source, where = np.asarray(source), np.asarray(where, bool)
+    repeated = () if index else repeated_axes(current)  # a layer made for a ZCYX image: change it once
+    if repeated:
+        pick = tuple(0 if a in repeated else slice(None) for a in range(current.ndim))
+        current, source, where = current[pick], source[pick], where[pick]
+    mask = where & (source > 0)
     if not overwrite:
         mask &= current == 0
     mask &= current != source
-    coords = np.nonzero(mask)
+    coords = list(np.nonzero(mask))
     n = int(coords[0].size) if coords else 0
     if n == 0:
         return 0
+    for a in repeated:
+        coords.insert(a, np.zeros(n, dtype=np.intp))
     full = tuple(np.full(n, i, dtype=np.intp) for i in index) + tuple(coords)
-    labels_layer.data_setitem(full, np.asarray(source)[mask].astype(labels_layer.data.dtype))
+    labels_layer.data_setitem(full, source[mask].astype(labels_layer.data.dtype))
+    if repeated:
+        labels_layer.refresh()  # written at channel 0: the channel in view shows it too
     return n
