@@ -224,3 +224,41 @@ def test_channel_first_stack_gets_plain_zyx_layers(make_napari_viewer, qtbot, tw
     paint_stroke(qtbot, viewer, lab, (20 * 0.994, 20 * 0.994), (20 * 0.994, 50 * 0.994), label=1)
     assert (lab.data[1, 10:30, 10:60] == 1).sum() > 50 and (lab.data[[0, 2]] == 0).all()
     assert not notes.errors(), notes.errors()
+
+
+def test_reader_layer_in_the_widget_and_the_isotropic_warning(make_napari_viewer, qtbot, two_channels, tmp_path):
+    zcyx, truth = two_channels
+    path = tmp_path / "two_channels.tif"  # an ImageJ hyperstack, as Fiji saves a 2-channel two-photon stack
+    tifffile.imwrite(path, zcyx, imagej=True, resolution=(1 / 0.994, 1 / 0.994),
+                     metadata={"spacing": 5.0, "unit": "um", "axes": "ZCYX"})
+    viewer, w = make_widget(make_napari_viewer)
+    (img,) = viewer.open(str(path), plugin="napari-regcon")  # File > Open with Plugin > napari-regcon
+    assert img.data.shape == (2, 3, 96, 96) and tuple(img.scale) == pytest.approx((1.0, 5.0, 0.994, 0.994))
+    notes = Notes()
+    ft, pt = w.finetune, w.pretrain
+    ft.image.set_layer(img)
+    lab = ft.create_labels_layer()  # the widget finds the channels (axis 0, from the reader's metadata)
+    assert lab.data.shape == (3, 96, 96) and tuple(lab.scale) == pytest.approx((5.0, 0.994, 0.994))
+    lab.data[1] = truth[1]
+    _preset_3d(ft)
+    ft.options.patch.setText("16,64,64")
+    ft.preview.setChecked(False)
+    run(qtbot, ft)
+    seg = w.session.latest("segmentation").bundle
+    assert seg["model"]["in_channels"] == 2 and seg["data"]["channel_axis"] == 0 and seg["model"]["ndim"] == 3
+    assert not notes.errors() and not notes.warnings(), (notes.errors(), notes.warnings())  # its scale is right
+
+    # the same stack without its voxel size (napari's default scale 1, 1, 1): a 3D run warns, once
+    plain = viewer.add_image(np.moveaxis(zcyx, 1, 0), name="no voxel size")
+    pt.images.set_checked([plain])
+    _preset_3d(pt, steps=1)
+    pt.options.patch.setText("3,32,32")
+    pt.network.channel_axis.setCurrentText("0")
+    run(qtbot, pt)
+    assert len(notes.warnings()) == 1, notes.warnings()
+    warning = notes.warnings()[0]
+    assert "'no voxel size' looks like a stack of thin planes (3 planes of 96x96 pixels)" in warning
+    assert "isotropic (1, 1, 1)" in warning and "napari-regcon" in warning and warning.count(". ") == 0
+    run(qtbot, pt)
+    assert len(notes.warnings()) == 1 and not notes.errors(), (notes.warnings(), notes.errors())
+    assert w.session.latest("pretrained").bundle["training"]["step"] == 1

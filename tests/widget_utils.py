@@ -60,6 +60,9 @@ class Notes:
     def infos(self) -> list[str]:
         return self._of(NotificationSeverity.INFO)
 
+    def warnings(self) -> list[str]:
+        return self._of(NotificationSeverity.WARNING)
+
 
 def paint_stroke(qtbot: Any, viewer: Any, layer: Any, start: tuple[float, float], end: tuple[float, float],
                  label: int, brush: int = 5) -> None:

@@ -21,7 +21,7 @@ from superqt import QCollapsible
 
 from napari_regcon.core.errors import RegconError
 
-from .common import LayerChecklist, LayerCombo, ModelPicker, hint, row
+from .common import LayerChecklist, LayerCombo, ModelPicker, hint, row, warn_thin_isotropic
 from .jobs import FinetuneParams, finetune_updates
 from .layers import (
     class_names_of,
@@ -188,6 +188,8 @@ class FinetuneWidget(QWidget):
                               f"'{img.name}' has spatial shape {want}; use 'New labels layer' to make a matching one.")
         names = class_names_of(lab) or parse_class_names(self.classes.text())
         entry = self.init.current()
+        if (int(entry.bundle["model"].get("ndim", 2)) if entry else self.options.values()["ndim"]) == 3:
+            warn_thin_isotropic(self.session, [img], ca)
         params = FinetuneParams(init=entry.bundle if entry else None, class_names=names,
                                 unlabeled=[layer_array(ly) for ly in self.unlabeled.checked_layers()],
                                 preview=self.preview.isChecked(), preview_every=self.preview_every, channel_axis=ca,

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_regcon._reader import META as READER_META
+
 #: Colours of class values 1..8 (0 = not annotated is transparent); the same in every layer.
 CLASS_COLORS = {
     1: (0.25, 0.55, 1.0, 1.0),   # blue: usually "background"
@@ -51,10 +53,14 @@ def layer_array(layer: Any) -> Any:
 
 
 def guess_channel_axis(layer: Any) -> int | None:
-    """A channel axis for an image layer: the colour axis of RGB, the smallest leading axis of 4D."""
+    """A channel axis for an image layer: the one the plugin's reader recorded, the colour axis of
+    RGB, else the smallest leading axis of 4D."""
     shape = tuple(layer_array(layer).shape)
     if getattr(layer, "rgb", False):
         return len(shape) - 1
+    info = (getattr(layer, "metadata", None) or {}).get(READER_META)
+    if isinstance(info, dict) and len(str(info.get("axes") or "")) == len(shape):
+        return info.get("channel_axis")  # the file said which axis holds channels (or that none does)
     if len(shape) == 4:
         axis = int(np.argmin(shape[:2]))
         return axis if shape[axis] <= 16 else None
@@ -67,6 +73,29 @@ def spatial_shape(shape: Sequence[int], channel_axis: int | None) -> tuple[int, 
         return tuple(int(s) for s in shape)
     ax = channel_axis % len(shape)
     return tuple(int(s) for i, s in enumerate(shape) if i != ax)
+
+
+def spatial_scale(layer: Any, channel_axis: int | None) -> tuple[float, ...]:
+    """The layer's scale on its spatial axes (ZYX or YX): without the channel axis."""
+    scale = [float(v) for v in layer.scale]
+    if channel_axis is not None and not getattr(layer, "rgb", False):
+        del scale[channel_axis % len(scale)]
+    return tuple(scale)
+
+
+def thin_isotropic_stack(layer: Any, channel_axis: int | None) -> str:
+    """A one-sentence warning when ``layer`` looks like a stack of few, thin planes (Z at most an
+    eighth of Y and X, as two-photon and confocal stacks) but its scale is isotropic (e.g. napari's
+    default 1, 1, 1, the voxel size lost on the way); "" otherwise."""
+    shape = spatial_shape(layer_array(layer).shape, None if getattr(layer, "rgb", False) else channel_axis)
+    scale = spatial_scale(layer, channel_axis)
+    if len(shape) != 3 or len(scale) != 3 or shape[0] * 8 > min(shape[1:]) or not np.allclose(scale, scale[0]):
+        return ""
+    z, y, x = shape
+    return (f"'{layer.name}' looks like a stack of thin planes ({z} planes of {y}x{x} pixels) but its scale is "
+            f"isotropic ({', '.join(f'{v:g}' for v in scale)}), so the 3D model takes its planes to be as close as "
+            "its pixels; if they are further apart, set the layer's scale to the voxel size, or open the file with "
+            "napari-regcon (File > Open with Plugin), which reads it from the file.")
 
 
 def keeps_channel_dim(layer: Any, channel_axis: int | None) -> bool:

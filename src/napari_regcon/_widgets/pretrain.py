@@ -17,7 +17,7 @@ from napari_regcon.core.device import describe_device, get_device
 from napari_regcon.core.errors import RegconError
 from napari_regcon.core.pretext import PRETEXTS
 
-from .common import LayerChecklist, ModelPicker, hint
+from .common import LayerChecklist, ModelPicker, hint, warn_thin_isotropic
 from .jobs import PretrainParams, cpu_threads, pretrain_updates
 from .layers import layer_array, output_geometry
 from .options import PRESETS, NetworkOptions, TrainOptions, parse_params
@@ -165,6 +165,8 @@ class PretrainWidget(QWidget):
         channel_axis = self.network.channel_axis.resolve(layers[0])
         extra = parse_params(self.method_params.text())
         options = self.options.values()
+        if options["ndim"] == 3:
+            warn_thin_isotropic(self.session, layers, channel_axis)
         self._voxel_size(extra, method, layers[0], channel_axis, options["ndim"])
         params = PretrainParams(method=method, channel_axis=channel_axis, method_params=extra,
                                 **options, **self.network.values())
