@@ -100,3 +100,13 @@ def test_reader_declines_other_files(tmp_path):
     assert napari_get_reader(str(tmp_path / "a.png")) is None
     assert napari_get_reader([str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]) is None
     assert napari_get_reader([str(tmp_path / "a.tif")]) is read_layers
+
+
+def test_written_three_plane_stack_reads_back_as_planes(tmp_path):
+    """core.io.write_array never stores a 3-plane stack as planar RGB (tifffile's old default), so the
+    reader sees three planes, not three channels."""
+    from napari_regcon.core.io import write_array
+    write_array(tmp_path / "three.tif", np.zeros((3, 16, 16), np.uint8))
+    assert read_axes(tmp_path / "three.tif") == "ZYX"
+    data, kw = _one(tmp_path / "three.tif")
+    assert data.shape == (3, 16, 16) and kw["metadata"][META]["channel_axis"] is None

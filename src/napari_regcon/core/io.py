@@ -135,7 +135,8 @@ def write_array(path: str | Path, data: np.ndarray, axes: str | None = None) -> 
         if suffix in (".tif", ".tiff"):
             import tifffile
             meta = {"axes": axes} if axes else None
-            tifffile.imwrite(tmp, data, compression="zlib", metadata=meta, bigtiff=data.nbytes > 2**31)
+            tifffile.imwrite(tmp, data, compression="zlib", metadata=meta, photometric="minisblack",
+                             bigtiff=data.nbytes > 2**31)  # never RGB: a 3-plane stack stays 3 planes
         elif suffix == ".npy":
             with open(tmp, "wb") as fh:
                 np.save(fh, data)
