@@ -87,7 +87,8 @@ def thin_isotropic_stack(layer: Any, channel_axis: int | None) -> str:
     """A one-sentence warning when ``layer`` looks like a stack of few, thin planes (Z at most an
     eighth of Y and X, as two-photon and confocal stacks) but its scale is isotropic (e.g. napari's
     default 1, 1, 1, the voxel size lost on the way); "" otherwise."""
-    shape = spatial_shape(layer_array(layer).shape, None if getattr(layer, "rgb", False) else channel_axis)
+    full = tuple(layer_array(layer).shape)
+    shape = full[:-1] if getattr(layer, "rgb", False) else spatial_shape(full, channel_axis)  # no colour axis
     scale = spatial_scale(layer, channel_axis)
     if len(shape) != 3 or len(scale) != 3 or shape[0] * 8 > min(shape[1:]) or not np.allclose(scale, scale[0]):
         return ""
