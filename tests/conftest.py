@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +12,9 @@ import torch
 from napari_regcon.sample_data import load_sample
 
 torch.set_num_threads(2)
+
+#: The real two-photon stacks (ImageJ TIFFs with their voxel size), when this checkout has them.
+VESSEL_DIR = Path(os.environ.get("REGCON_VESSELNN", Path(__file__).resolve().parents[2] / "shared/data/vesselnn_2pm"))
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +34,20 @@ def em_small(sample) -> tuple[np.ndarray, np.ndarray]:
 def tiny() -> dict:
     """Tiny network settings so training tests take seconds."""
     return {"base": 4, "depth": 2, "batch_size": 2, "patch_size": 32}
+
+
+@pytest.fixture(scope="session")
+def vessel_dir() -> Path:
+    """The VesselNN two-photon stacks (raw_NN.tif / labels_NN.tif, 5 x 0.994 x 0.994 µm voxels)."""
+    if not (VESSEL_DIR / "raw_01.tif").exists():
+        pytest.skip(f"the VesselNN stacks are not in {VESSEL_DIR}")
+    return VESSEL_DIR
+
+
+@pytest.fixture(scope="session")
+def vessel_thin(vessel_dir) -> tuple[np.ndarray, np.ndarray]:
+    """A 3-plane 96x96 crop of VesselNN stack 01 and its labels as class values (1 = background, 2 = vessel)."""
+    import tifffile
+    raw = tifffile.imread(vessel_dir / "raw_01.tif")[4:7, 200:296, 200:296]
+    labels = tifffile.imread(vessel_dir / "labels_01.tif")[4:7, 200:296, 200:296]
+    return raw.copy(), (labels + 1).astype(np.uint8)

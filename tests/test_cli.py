@@ -145,7 +145,10 @@ def test_bad_inputs(files, capsys, tmp_path) -> None:
     _fails(capsys, ["pretrain", str(tmp_path / "const.tif"), "--out", str(out), *TINY], "constant", out)
     # unknown method / bad option
     _fails(capsys, ["pretrain", img, "--method", "nosuch", "--out", str(out)], "invalid choice", out)
-    _fails(capsys, ["pretrain", img, "--patch-size", "1000", "--out", str(out), "--quiet"], "larger than the image", out)
+    # a patch larger than the image is clipped (test_patch_is_clipped_to_a_thin_stack), unless the network
+    # cannot fit the image at all
+    _fails(capsys, ["pretrain", img, "--patch-size", "1000", "--depth", "8", "--out", str(out), "--quiet"],
+           "too small for this network, which needs at least 256 pixels in Y and X", out)
 
 
 def test_bad_bundles_and_outputs(files, capsys, tmp_path) -> None:
@@ -234,3 +237,33 @@ def test_sigterm_stops_training_cleanly_and_keeps_the_model(files, tmp_path) -> 
     assert "terminated: stopping at the next step" in err and "--resume" in err
     bundle = torch.load(out, weights_only=True)
     assert 0 < bundle["training"]["step"] < 100000
+
+
+
+def test_patch_is_clipped_to_a_thin_stack(tmp_path, capsys, vessel_thin) -> None:
+    """The two-photon preset's 16x64x64 patch and --ndim 3 train on a 3-plane stack: the patch is
+    clipped to the stack, and one line says so (also with --quiet)."""
+    raw, labels = vessel_thin  # 3 planes of a real two-photon stack
+    tifffile.imwrite(tmp_path / "raw.tif", raw, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "labels.tif", labels.astype(np.uint8), photometric="minisblack")
+    common = ["--ndim", "3", "--patch-size", "16,64,64", "--steps", "2", "--base", "4", "--depth", "2",
+              "--batch-size", "2", "--quiet"]
+    note = "The patch size 16x64x64 is larger than the stack (3x96x96), so training uses 3x64x64."
+    assert main(["pretrain", str(tmp_path / "raw.tif"), "--out", str(tmp_path / "pre.pt"), *common]) == 0
+    assert note in capsys.readouterr().err
+    assert main(["finetune", "--image", str(tmp_path / "raw.tif"), "--labels", str(tmp_path / "labels.tif"),
+                 "--out", str(tmp_path / "ft.pt"), *common]) == 0
+    err = capsys.readouterr().err
+    assert note in err and sum(ln.count("patch size") for ln in err.splitlines()) == 1, err
+    bundle = torch.load(tmp_path / "ft.pt", weights_only=True)
+    assert bundle["data"]["patch_size"] == [3, 64, 64] and bundle["model"]["ndim"] == 3
+    # a network that pools Z once (pretrained on 8-plane patches) keeps whole poolings: 3 planes -> 2
+    deep = np.concatenate([raw, raw[::-1], raw])
+    tifffile.imwrite(tmp_path / "deep.tif", deep, photometric="minisblack")
+    assert main(["pretrain", str(tmp_path / "deep.tif"), "--out", str(tmp_path / "pool.pt"),
+                 *common[:2], "--patch-size", "8,32,32", *common[4:]]) == 0
+    capsys.readouterr()
+    assert main(["finetune", "--image", str(tmp_path / "raw.tif"), "--labels", str(tmp_path / "labels.tif"),
+                 "--init", str(tmp_path / "pool.pt"), "--out", str(tmp_path / "ft2.pt"), *common]) == 0
+    assert "so training uses 2x64x64" in capsys.readouterr().err
+    assert torch.load(tmp_path / "ft2.pt", weights_only=True)["data"]["patch_size"] == [2, 64, 64]

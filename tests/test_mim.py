@@ -8,12 +8,10 @@ because the dataset itself has one channel. Tests that need the data skip when i
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from conftest import VESSEL_DIR
 from scipy import ndimage
 
 from napari_regcon.cli import main
@@ -31,7 +29,6 @@ from napari_regcon.core.pretext.mim import (
 from napari_regcon.core.volume import as_volume
 from napari_regcon.core.workflows import finetune_job, pretrain_job, run_predict
 
-VESSEL_DIR = Path(os.environ.get("REGCON_VESSELNN", Path(__file__).resolve().parents[2] / "shared/data/vesselnn_2pm"))
 needs_vessels = pytest.mark.skipif(not (VESSEL_DIR / "raw_01.tif").exists(), reason="VesselNN data not available")
 
 

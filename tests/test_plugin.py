@@ -12,6 +12,8 @@ def test_manifest_is_valid() -> None:
     pm = PluginManifest.from_distribution("napari-regcon")
     assert pm.name == "napari-regcon"
     assert any(s.key == "isbi2012" for s in pm.contributions.sample_data)
+    (reader,) = pm.contributions.readers  # "Open with napari-regcon": TIFF and OME-Zarr with voxel size
+    assert set(reader.filename_patterns) == {"*.tif", "*.tiff", "*.zarr"} and reader.accepts_directories
     for cmd in pm.contributions.commands:
         module, _, attr = cmd.python_name.partition(":")
         mod = __import__(module, fromlist=[attr])

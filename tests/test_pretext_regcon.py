@@ -123,7 +123,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys) -> None:
     tifffile.imwrite(small, (np.random.default_rng(0).random((24, 24)) * 255).astype(np.uint8))
     out = tmp_path / "x.pt"
     for argv, match in (([str(small), "--method", "regcon", "--param", "n_regions=64"], "too small to divide into 64 regions"),
-                        ([str(small), "--method", "regcon", "--patch-size", "32"], "larger than the image")):
+                        ([str(small), "--method", "regcon", "--patch-size", "32", "--depth", "5"], "too small for this network")):
         code = main(["pretrain", *argv, "--out", str(out), "--steps", "2", "--quiet"])
         err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
         assert code == 2 and len(err) == 1 and match in err[0], err

@@ -127,7 +127,8 @@ def test_2d_multichannel_and_3d(make_napari_viewer, qtbot, em_small):
     viewer.layers.remove("em")
     ft.image.set_layer(img)
     lab = ft.create_labels_layer()
-    assert lab.data.shape == (4, 1, 128, 128)  # a size-1 channel axis keeps it aligned with the image
+    # one ZYX array repeated over the channel axis (stride 0) keeps it aligned with the image at every channel
+    assert lab.data.shape == (4, 2, 128, 128) and lab.data.strides[1] == 0
     lab.data[0, 0] = truth[0]
     ft.preview.setChecked(False)
     ft.init.select(None)  # a new network for two channels
@@ -137,7 +138,7 @@ def test_2d_multichannel_and_3d(make_napari_viewer, qtbot, em_small):
     pr.image.set_layer(img)
     run(qtbot, pr)
     pred = pr.last_prediction
-    assert pred.data.shape == (4, 1, 128, 128) and tuple(pred.scale) == (50.0, 1.0, 4.0, 4.0)
+    assert pred.data.shape == (4, 2, 128, 128) and tuple(pred.scale) == (50.0, 1.0, 4.0, 4.0)
     assert set(np.unique(pred.data)) <= {1, 2}
 
     # a 3D model on a ZYX stack, with the live preview of the slab around the plane in view

@@ -11,10 +11,12 @@ from napari_regcon._widgets import RegconWidget, RunState
 EM_SCALE = (50.0, 4.0, 4.0)
 
 
-def make_widget(make_napari_viewer: Any, image: Any = None, **image_kw: Any) -> tuple[Any, RegconWidget]:
+def make_widget(make_napari_viewer: Any, image: Any = None, show: bool = False, **image_kw: Any
+                ) -> tuple[Any, RegconWidget]:
     """A viewer with (optionally) an image layer and the dock widget opened as napari opens it
-    from the Plugins menu (through the manifest, so the widget gets napari's viewer proxy)."""
-    viewer = make_napari_viewer()
+    from the Plugins menu (through the manifest, so the widget gets napari's viewer proxy);
+    ``show`` puts the window on the (virtual) screen, for mouse events on the canvas."""
+    viewer = make_napari_viewer(show=show)
     if image is not None:
         image_kw.setdefault("name", "em")
         viewer.add_image(image, **image_kw)
@@ -57,3 +59,32 @@ class Notes:
 
     def infos(self) -> list[str]:
         return self._of(NotificationSeverity.INFO)
+
+    def warnings(self) -> list[str]:
+        return self._of(NotificationSeverity.WARNING)
+
+
+def paint_stroke(qtbot: Any, viewer: Any, layer: Any, start: tuple[float, float], end: tuple[float, float],
+                 label: int, brush: int = 5) -> None:
+    """Paint ``label`` on ``layer`` from ``start`` to ``end`` (world Y, X) with real mouse events on
+    the canvas, at the viewer's current position of every other axis, as a user drags the brush."""
+    from qtpy.QtCore import QPoint, Qt
+    from qtpy.QtTest import QTest
+
+    viewer.layers.selection.active = layer
+    layer.mode, layer.selected_label, layer.brush_size = "paint", label, brush
+    canvas = viewer.window._qt_viewer.canvas.native
+    qtbot.waitUntil(lambda: canvas.width() > 50 and canvas.height() > 50, timeout=5000)
+
+    def pixel(y: float, x: float) -> QPoint:
+        cy, cx = viewer.scene.camera.center[-2:]
+        zoom = viewer.scene.camera.zoom
+        return QPoint(int(canvas.width() / 2 + (x - cx) * zoom), int(canvas.height() / 2 + (y - cy) * zoom))
+
+    left, none = Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
+    QTest.mousePress(canvas, left, none, pixel(*start))
+    for i in range(1, 11):
+        QTest.mouseMove(canvas, pixel(start[0] + (end[0] - start[0]) * i / 10, start[1] + (end[1] - start[1]) * i / 10))
+        qtbot.wait(5)
+    QTest.mouseRelease(canvas, left, none, pixel(*end))
+    qtbot.wait(20)

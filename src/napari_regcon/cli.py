@@ -79,6 +79,13 @@ def _run_job(job: Any, out: str, desc: str, quiet: bool) -> dict:
     return bundle
 
 
+def _notes(job: Any) -> None:
+    """What the job changed in what was asked (e.g. a patch clipped to the image), one line each,
+    printed even with --quiet."""
+    for note in job.info.get("notes", []):
+        _done(note)
+
+
 def _done(message: str) -> None:
     from napari_regcon.core import distributed
     if distributed.is_main():
@@ -110,6 +117,7 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
         check_resume(resume, a.resume, "pretrain", a.steps, a.method)
     job = pretrain_job(images, options=fill(PretrainOptions, a, method_params=params), resume=resume,
                        sources=[str(p) for p in a.images])
+    _notes(job)
     if a.method == "mim" and not a.quiet:
         voxel = params.get("voxel_size")
         where = f"voxel size (z, y, x) {' x '.join(f'{v:g}' for v in voxel)} from {a.images[0]}; " if voxel else ""
@@ -140,6 +148,7 @@ def cmd_finetune(a: argparse.Namespace) -> int:
     job = finetune_job(image, labels, fill(FinetuneOptions, a, class_names=names), init=init, resume=resume,
                        unlabeled=unlabeled, sources=[a.image, a.labels])
     check_class_count(job.info["classes"].values, a.labels)
+    _notes(job)
     if not a.quiet:
         print(f"fine-tune: recipe '{job.info['recipe'].name}'"
               + (" (ends by itself when the prediction stops changing)" if job.config.stop_when_stable else ""),

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QComboBox,
@@ -24,7 +24,7 @@ from napari_regcon.core.bundle import as_bundle
 from napari_regcon.core.checkpoint import load_bundle, save_bundle
 from napari_regcon.core.errors import RegconError
 
-from .layers import unwrap
+from .layers import thin_isotropic_stack, unwrap
 from .state import ModelEntry, Session
 
 
@@ -45,6 +45,16 @@ def row(*widgets: QWidget, stretch_last: bool = False) -> QWidget:
     for i, w in enumerate(widgets):
         lay.addWidget(w, 1 if (stretch_last and i == len(widgets) - 1) or i == 0 else 0)
     return box
+
+
+def warn_thin_isotropic(session: Session, layers: Iterable[Any], channel_axis: int | None) -> None:
+    """Before a 3D run: warn once per layer (a notification) about a thin stack with an isotropic scale."""
+    for layer in layers:
+        layer = unwrap(layer)
+        message = thin_isotropic_stack(layer, channel_axis)
+        if message and layer not in session.warned:
+            session.warned.add(layer)
+            show_warning(message)
 
 
 class _LayerWatcher:

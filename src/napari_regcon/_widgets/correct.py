@@ -83,7 +83,7 @@ class CorrectWidget(QWidget):
         index = plane_index(lab, self.viewer)
         source = np.asarray(pred.data[index] if index else pred.data)
         n = fill_labels(lab, source, np.ones(source.shape, bool), self.overwrite.isChecked(), index)
-        where = f"slice {index[-1]}" if index else "the image"
+        where = f"slice {index[0]}" if index else "the image"  # Z leads (ZYX, or ZCYX for a ZCYX image)
         kept = "" if self.overwrite.isChecked() else " (your own labels were kept)"
         show_info(f"{n} pixels of {where} were copied from '{pred.name}' into '{lab.name}'{kept}.")
         return n

@@ -23,7 +23,7 @@ from napari_regcon.core.bundle import as_bundle
 from napari_regcon.core.errors import RegconError
 from napari_regcon.core.options import FinetuneOptions
 
-from .common import LayerChecklist, LayerCombo, ModelPicker, hint, row
+from .common import LayerChecklist, LayerCombo, ModelPicker, hint, row, warn_thin_isotropic
 from .jobs import FinetuneParams, finetune_updates
 from .layers import (
     class_names_of,
@@ -190,6 +190,8 @@ class FinetuneWidget(QWidget):
                               f"'{img.name}' has spatial shape {want}; use 'New labels layer' to make a matching one.")
         names = class_names_of(lab) or parse_class_names(self.classes.text())
         entry = self.init.current()
+        if (as_bundle(entry.bundle).model.ndim if entry else self.options.values()["ndim"]) == 3:
+            warn_thin_isotropic(self.session, [img], ca)
         options = FinetuneOptions(channel_axis=ca, **self.options.values(), **self.network.values())
         params = FinetuneParams(options, init=entry.bundle if entry else None, class_names=names,
                                 unlabeled=[layer_array(ly) for ly in self.unlabeled.checked_layers()],
@@ -258,15 +260,15 @@ class FinetuneWidget(QWidget):
         """
         run = self._run
         img, ca = run["image"], run["channel_axis"]
-        shape = to_layer_data(np.zeros(spatial_shape(layer_array(img).shape, ca), np.uint8), img, ca).shape
+        data = to_layer_data(np.zeros(spatial_shape(layer_array(img).shape, ca), np.uint8), img, ca)
         layer = self.preview_layer
-        if in_viewer(self.viewer, layer) and tuple(layer.data.shape) == tuple(shape):
+        if in_viewer(self.viewer, layer) and tuple(layer.data.shape) == tuple(data.shape):
             layer.data[...] = 0
             layer.refresh()
             return layer
         active = self.viewer.layers.selection.active
         names = class_names_of(run["labels"]) or parse_class_names(self.classes.text())
-        layer = unwrap(self.viewer.add_labels(np.zeros(shape, np.uint8), name=PREVIEW_NAME, opacity=0.5,
+        layer = unwrap(self.viewer.add_labels(data, name=PREVIEW_NAME, opacity=0.5,
                                               **labels_kwargs(names, img, ca)))
         if in_viewer(self.viewer, active):
             self.viewer.layers.selection.active = active  # keep painting where the user was

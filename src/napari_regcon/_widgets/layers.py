@@ -1,8 +1,14 @@
 """Layers <-> arrays: what the widgets read from napari layers and how results become layers.
 
-Main-thread helpers (no Qt). Output layers take the image layer's scale and translate; when an
-image keeps its channels in one layer with the channel axis between spatial axes (e.g. ZCYX),
-outputs keep a size-1 channel axis so that napari lines them up with the image.
+Main-thread helpers (no Qt). Output layers (labels to paint, live preview, prediction,
+probabilities, uncertainty) take the image layer's scale and translate and have no channel of
+their own: one spatial (ZYX or YX) array shown over every channel of the image.
+
+napari lines layers up by their trailing axes, so a ZYX layer lines up with a CZYX image (channel
+first) and shows at every position of its channel slider. With the channel axis between spatial
+axes (ZCYX, as ImageJ hyperstacks load) a ZYX layer would land on the C, Y, X axes; there the
+output is the ZYX array seen through a channel axis of stride 0 (:func:`repeat_channels`, no copy):
+every channel position shows, and painting at any channel writes, the same ZYX labels.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from napari_regcon._reader import META as READER_META
 
 #: Colours of class values 1..8 (0 = not annotated is transparent); the same in every layer.
 CLASS_COLORS = {
@@ -45,10 +53,14 @@ def layer_array(layer: Any) -> Any:
 
 
 def guess_channel_axis(layer: Any) -> int | None:
-    """A channel axis for an image layer: the colour axis of RGB, the smallest leading axis of 4D."""
+    """A channel axis for an image layer: the one the plugin's reader recorded, the colour axis of
+    RGB, else the smallest leading axis of 4D."""
     shape = tuple(layer_array(layer).shape)
     if getattr(layer, "rgb", False):
         return len(shape) - 1
+    info = (getattr(layer, "metadata", None) or {}).get(READER_META)
+    if isinstance(info, dict) and len(str(info.get("axes") or "")) == len(shape):
+        return info.get("channel_axis")  # the file said which axis holds channels (or that none does)
     if len(shape) == 4:
         axis = int(np.argmin(shape[:2]))
         return axis if shape[axis] <= 16 else None
@@ -63,8 +75,32 @@ def spatial_shape(shape: Sequence[int], channel_axis: int | None) -> tuple[int, 
     return tuple(int(s) for i, s in enumerate(shape) if i != ax)
 
 
+def spatial_scale(layer: Any, channel_axis: int | None) -> tuple[float, ...]:
+    """The layer's scale on its spatial axes (ZYX or YX): without the channel axis."""
+    scale = [float(v) for v in layer.scale]
+    if channel_axis is not None and not getattr(layer, "rgb", False):
+        del scale[channel_axis % len(scale)]
+    return tuple(scale)
+
+
+def thin_isotropic_stack(layer: Any, channel_axis: int | None) -> str:
+    """A one-sentence warning when ``layer`` looks like a stack of few, thin planes (Z at most an
+    eighth of Y and X, as two-photon and confocal stacks) but its scale is isotropic (e.g. napari's
+    default 1, 1, 1, the voxel size lost on the way); "" otherwise."""
+    full = tuple(layer_array(layer).shape)
+    shape = full[:-1] if getattr(layer, "rgb", False) else spatial_shape(full, channel_axis)  # no colour axis
+    scale = spatial_scale(layer, channel_axis)
+    if len(shape) != 3 or len(scale) != 3 or shape[0] * 8 > min(shape[1:]) or not np.allclose(scale, scale[0]):
+        return ""
+    z, y, x = shape
+    return (f"'{layer.name}' looks like a stack of thin planes ({z} planes of {y}x{x} pixels) but its scale is "
+            f"isotropic ({', '.join(f'{v:g}' for v in scale)}), so the 3D model takes its planes to be as close as "
+            "its pixels; if they are further apart, set the layer's scale to the voxel size, or open the file with "
+            "napari-regcon (File > Open with Plugin), which reads it from the file.")
+
+
 def keeps_channel_dim(layer: Any, channel_axis: int | None) -> bool:
-    """True when outputs need a size-1 channel axis to line up with the image in the viewer."""
+    """True when outputs need a (repeated) channel axis to line up with the image in the viewer."""
     if channel_axis is None or getattr(layer, "rgb", False):
         return False
     return channel_axis % len(layer_array(layer).shape) != 0
@@ -79,19 +115,41 @@ def output_geometry(layer: Any, channel_axis: int | None) -> dict[str, Any]:
     return {"scale": tuple(scale), "translate": tuple(translate)}
 
 
+def repeat_channels(arr: Any, axis: int, n: int) -> np.ndarray:
+    """``arr`` seen with an axis of length ``n`` inserted at ``axis`` that repeats it: a view of
+    stride 0 along that axis (no copy), writeable when ``arr`` is, so a write at any position of
+    the axis changes ``arr`` itself."""
+    base = np.expand_dims(np.asarray(arr), axis)
+    shape, strides = list(base.shape), list(base.strides)
+    shape[axis], strides[axis] = int(n), 0
+    return np.lib.stride_tricks.as_strided(base, shape=tuple(shape), strides=tuple(strides),
+                                           writeable=base.flags.writeable)
+
+
+def repeated_axes(arr: Any) -> tuple[int, ...]:
+    """Axes along which ``arr`` repeats itself (stride 0, length > 1), as :func:`repeat_channels` makes."""
+    strides = getattr(arr, "strides", None)
+    if strides is None:
+        return ()
+    return tuple(a for a, (st, n) in enumerate(zip(strides, arr.shape)) if st == 0 and n > 1)
+
+
 def to_layer_data(arr: np.ndarray, layer: Any, channel_axis: int | None, leading: int = 0) -> np.ndarray:
-    """Insert the size-1 channel axis when needed (``leading`` extra axes before the spatial ones)."""
+    """A spatial array (``leading`` extra axes before the spatial ones) as data of an output layer
+    for the image ``layer``: as it is, or repeated over a ZCYX image's channel axis (no copy)."""
     if keeps_channel_dim(layer, channel_axis):
-        return np.expand_dims(arr, leading + channel_axis % len(layer_array(layer).shape))
+        shape = layer_array(layer).shape
+        return repeat_channels(arr, leading + channel_axis % len(shape), shape[channel_axis % len(shape)])
     return arr
 
 
 def spatial_labels(labels: Any, image_layer: Any, channel_axis: int | None) -> Any:
-    """A labels array seen with the image's spatial shape (drops a size-1 channel axis)."""
+    """A labels array seen with the image's spatial shape (a view without the image's channel axis:
+    the repeated or size-1 axis of the layers made for a ZCYX image)."""
     shape = tuple(labels.shape)
     if keeps_channel_dim(image_layer, channel_axis) and len(shape) == len(layer_array(image_layer).shape):
         ax = channel_axis % len(shape)
-        if shape[ax] == 1:
+        if shape[ax] == 1 or ax in repeated_axes(labels):
             return labels[tuple(0 if i == ax else slice(None) for i in range(len(shape)))]
     return labels
 
@@ -170,14 +228,23 @@ def fill_labels(labels_layer: Any, source: np.ndarray, where: np.ndarray, overwr
     layer that ``source``/``where`` cover. Returns how many pixels changed.
     """
     current = np.asarray(labels_layer.data[index] if index else labels_layer.data)
-    mask = np.asarray(where, bool) & (np.asarray(source) > 0)
+    source, where = np.asarray(source), np.asarray(where, bool)
+    repeated = () if index else repeated_axes(current)  # a layer made for a ZCYX image: change it once
+    if repeated:
+        pick = tuple(0 if a in repeated else slice(None) for a in range(current.ndim))
+        current, source, where = current[pick], source[pick], where[pick]
+    mask = where & (source > 0)
     if not overwrite:
         mask &= current == 0
     mask &= current != source
-    coords = np.nonzero(mask)
+    coords = list(np.nonzero(mask))
     n = int(coords[0].size) if coords else 0
     if n == 0:
         return 0
+    for a in repeated:
+        coords.insert(a, np.zeros(n, dtype=np.intp))
     full = tuple(np.full(n, i, dtype=np.intp) for i in index) + tuple(coords)
-    labels_layer.data_setitem(full, np.asarray(source)[mask].astype(labels_layer.data.dtype))
+    labels_layer.data_setitem(full, source[mask].astype(labels_layer.data.dtype))
+    if repeated:
+        labels_layer.refresh()  # written at channel 0: the channel in view shows it too
     return n

@@ -34,7 +34,8 @@ PRESETS = (
     Preset("Electron microscopy (2D slices)", 2, "128", 8, 500, 400,
            "EM stacks are anisotropic (z step >> pixel size): a 2D model on each slice works best."),
     Preset("Two-photon / 3D volume", 3, "16,64,64", 2, 200, 200,
-           "Two-photon stacks are volumes: a 3D model with flat 16x64x64 (z, y, x) patches; "
+           "Two-photon stacks are volumes: a 3D model with flat 16x64x64 (z, y, x) patches (cut to the "
+           "stack when it has fewer planes); "
            "masked image modelling hides bright structures (vessels, cells) more often.",
            (("mim", "mask=intensity"),)),
 )

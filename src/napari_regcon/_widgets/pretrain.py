@@ -18,7 +18,7 @@ from napari_regcon.core.errors import RegconError
 from napari_regcon.core.options import PretrainOptions, parse_params
 from napari_regcon.core.pretext import PRETEXTS, with_voxel_size
 
-from .common import LayerChecklist, ModelPicker, hint
+from .common import LayerChecklist, ModelPicker, hint, warn_thin_isotropic
 from .jobs import cpu_threads, pretrain_updates
 from .layers import layer_array, output_geometry
 from .options import PRESETS, NetworkOptions, TrainOptions
@@ -154,6 +154,8 @@ class PretrainWidget(QWidget):
             raise RegconError(f"The method {method!r} is no longer available; choose another one.")
         channel_axis = self.network.channel_axis.resolve(layers[0])
         form = self.options.values()
+        if form["ndim"] == 3:
+            warn_thin_isotropic(self.session, layers, channel_axis)
         scale = output_geometry(layers[0], channel_axis)["scale"]  # napari's default (1, 1, 1) says nothing
         extra = with_voxel_size(method, parse_params(self.method_params.text()), form["ndim"],
                                 [float(v) for v in scale] if len(set(scale)) > 1 else None)

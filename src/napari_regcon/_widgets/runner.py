@@ -30,6 +30,7 @@ from napari_regcon.core.errors import RegconError
 
 from .state import RunState, RunStatus, Session
 from .updates import Failed, Finished, PredictProgress, Started, StepUpdate, Update
+from .wording import widget_text
 
 Prepare = Callable[[threading.Event], tuple[Callable[..., Any], tuple]]
 
@@ -57,6 +58,7 @@ class Runner:
         self.worker: Any = None
         self.stop_event: threading.Event | None = None
         self.failed = False
+        self.note = ""  # the run's note (e.g. the patch was clipped to the image), kept in the status
         status.events.state.connect(self._on_state)
 
     @property
@@ -78,10 +80,10 @@ class Runner:
         try:
             func, args = self._prepare(stop)
         except RegconError as err:
-            show_error(str(err))
+            show_error(widget_text(str(err)))
             self.status.state = RunState.IDLE
             return
-        self.stop_event, self.failed = stop, False
+        self.stop_event, self.failed, self.note = stop, False, ""
         self.status.step, self.status.total = 0, 0
         self.status.loss, self.status.eta = float("nan"), float("nan")
         self.status.message = f"Preparing the {self._what}…"
@@ -114,7 +116,8 @@ class Runner:
         st = self.status
         if isinstance(upd, Started):
             st.total = upd.total
-            st.message = f"Running on {upd.device}…"
+            self.note = widget_text(upd.note)
+            st.message = f"Running on {upd.device}…" + (f" {self.note}" if self.note else "")
         elif isinstance(upd, StepUpdate):
             st.total, st.loss, st.eta = upd.total, upd.loss, upd.eta
             st.step = upd.step
@@ -123,17 +126,22 @@ class Runner:
             st.step = upd.done
         elif isinstance(upd, Failed):
             self.failed = True
-            st.message = f"Failed: {upd.message}"
-            show_error(upd.message)
+            message = widget_text(upd.message)
+            st.message = f"Failed: {message}"
+            show_error(message)
         elif isinstance(upd, Finished) and upd.message:
             st.message = upd.message
         try:
             self._handle(upd)
         except Exception as err:  # noqa: BLE001 - a broken result must not break the viewer
             self.failed = True
-            msg = str(err) if isinstance(err, RegconError) else f"Could not show the result ({type(err).__name__}: {err})."
+            msg = widget_text(str(err)) if isinstance(err, RegconError) else \
+                f"Could not show the result ({type(err).__name__}: {err})."
             st.message = msg
             show_error(msg)
+            return
+        if isinstance(upd, Finished) and self.note and self.note not in st.message:
+            st.message = f"{st.message} {self.note}".strip()  # the note stays in view after the run
 
     def _on_finished(self) -> None:
         _leave_run()

@@ -8,6 +8,7 @@ listen to the status fields. Nothing here imports Qt.
 from __future__ import annotations
 
 import threading
+import weakref
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -78,6 +79,7 @@ class Session:
     def __init__(self) -> None:
         self._models: list[ModelEntry] = []
         self._busy = False
+        self.warned: weakref.WeakSet = weakref.WeakSet()  # layers already warned about (once each)
 
     @property
     def models(self) -> list[ModelEntry]:

@@ -15,6 +15,7 @@ class Started:
     total: int
     device: str
     detail: str = ""
+    note: str = ""  # what the run changed in what was asked, e.g. a patch clipped to the image
 
 
 @dataclass

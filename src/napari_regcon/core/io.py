@@ -136,7 +136,8 @@ def write_array(path: str | Path, data: np.ndarray, axes: str | None = None) -> 
         if suffix in (".tif", ".tiff"):
             import tifffile
             meta = {"axes": axes} if axes else None
-            tifffile.imwrite(tmp, data, compression="zlib", metadata=meta, bigtiff=data.nbytes > 2**31)
+            tifffile.imwrite(tmp, data, compression="zlib", metadata=meta, photometric="minisblack",
+                             bigtiff=data.nbytes > 2**31)  # never RGB: a 3-plane stack stays 3 planes
         elif suffix == ".npy":
             with open(tmp, "wb") as fh:
                 np.save(fh, data)
@@ -183,13 +184,18 @@ _UNIT_TO_UM = {"um": 1.0, "µm": 1.0, "\\u00b5m": 1.0, "micron": 1.0, "microns":
 
 
 def read_voxel_size(path: str | Path) -> tuple[float, ...] | None:
-    """Physical pixel size of a TIFF as (Z, Y, X) (or (Y, X) without Z spacing), in µm when the unit is known.
+    """Physical pixel size of a TIFF or OME-Zarr as (Z, Y, X) (or (Y, X) without Z spacing), in µm
+    when the unit is known.
 
     Reads the ImageJ tags (XResolution/YResolution in pixels per unit, ``spacing`` and ``unit``
-    in the ImageJ description) or OME-XML PhysicalSize{X,Y,Z}; returns None for other formats or
-    when the file does not say. Used to pick physically sensible anisotropic 3D defaults.
+    in the ImageJ description) or OME-XML PhysicalSize{X,Y,Z} of a TIFF, or the ``scale``
+    coordinate transformations of an OME-NGFF multiscale (its first, full-resolution level);
+    returns None for other formats or when the file does not say. Used to pick physically
+    sensible anisotropic 3D defaults and, by the napari reader, as the layer's scale.
     """
     path = Path(path)
+    if file_suffix(path) == ".zarr":
+        return _ngff_voxel_size(path)
     if file_suffix(path) not in (".tif", ".tiff") or not path.is_file():
         return None
     import tifffile
@@ -239,3 +245,76 @@ def _ome_voxel_size(meta: dict) -> tuple[float, ...] | None:
             return None
         out.append(float(value) * _UNIT_TO_UM.get(str(pixels.get(f"PhysicalSize{axis}Unit", "µm")).lower(), 1.0))
     return tuple(out)
+
+
+def _ngff_multiscale(path: Path) -> dict | None:
+    """The first OME-NGFF multiscale of a zarr group (v0.4 ``multiscales`` or v0.5 ``ome``), or None."""
+    try:
+        import zarr
+        node = zarr.open(str(path), mode="r")
+        attrs = dict(node.attrs)
+    except Exception:
+        return None
+    ms = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    return ms[0] if ms and isinstance(ms[0], dict) else None
+
+
+def _ngff_axes(ms: dict) -> list[tuple[str, str, str]]:
+    """(name, type, unit) of each axis of a multiscale (v0.3 lists names only)."""
+    out = []
+    for ax in ms.get("axes", []):
+        if isinstance(ax, str):
+            out.append((ax.lower(), "space" if ax.lower() in "zyx" else "", ""))
+        else:
+            name = str(ax.get("name", "")).lower()
+            out.append((name, str(ax.get("type", "space" if name in ("z", "y", "x") else "")).lower(),
+                        str(ax.get("unit", "")).lower()))
+    return out
+
+
+def _ngff_voxel_size(path: Path) -> tuple[float, ...] | None:
+    ms = _ngff_multiscale(path)
+    if ms is None or not ms.get("datasets"):
+        return None
+    scale = None
+    for transforms in (ms["datasets"][0].get("coordinateTransformations", []), ms.get("coordinateTransformations", [])):
+        for t in transforms or []:
+            if t.get("type") == "scale" and t.get("scale"):
+                s = np.asarray(t["scale"], float)
+                scale = s if scale is None or len(scale) != len(s) else scale * s
+    axes = _ngff_axes(ms)
+    if scale is None or len(axes) != len(scale):
+        return None
+    space = [(float(v) * _UNIT_TO_UM.get(unit, 1.0)) for (name, kind, unit), v in zip(axes, scale) if kind == "space"]
+    return tuple(space) if len(space) in (2, 3) and all(v > 0 for v in space) else None
+
+
+def read_axes(path: str | Path) -> str | None:
+    """The axes of the array :func:`read_array` opens, as letters (``ZYX``, ``ZCYX``, ``CYX``, ``YXS``
+    for RGB...), from the TIFF's ImageJ/OME metadata or the OME-Zarr ``axes``; None when unknown.
+
+    TIFFs without axis metadata have one unnamed leading axis (tifffile's ``Q``/``I``), read as Z.
+    """
+    path = Path(path)
+    suffix = file_suffix(path)
+    if suffix == ".zarr":
+        ms = _ngff_multiscale(path)
+        if ms is None:
+            return None
+        letters = "".join({"channel": "C", "time": "T"}.get(kind, name[:1].upper()) for name, kind, _ in _ngff_axes(ms))
+        return letters or None
+    if suffix not in (".tif", ".tiff") or not path.is_file():
+        return None
+    import tifffile
+    try:
+        with tifffile.TiffFile(path) as tif:
+            axes = tif.series[0].axes.upper()
+            shape = tif.series[0].shape
+    except Exception:
+        return None
+    unknown = [a for a in axes if a in "QI"]
+    if len(unknown) == 1 and "Z" not in axes:
+        axes = axes.replace(unknown[0], "Z")
+    if "S" in axes and not (axes.endswith("S") and shape[-1] in (3, 4)):
+        axes = axes.replace("S", "C")  # samples that are not colour are channels
+    return axes

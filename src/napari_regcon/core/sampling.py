@@ -29,6 +29,34 @@ def default_patch_size(shape_zyx: tuple[int, int, int], ndim: int, multiple: int
     return (fit(shape_zyx[0], z, 1), *yx)
 
 
+def fit_patch(patch: tuple[int, ...], shape_zyx: tuple[int, int, int], ndim: int, multiple: int = 8,
+              z_multiple: int = 1) -> tuple[tuple[int, ...], str]:
+    """Clip each axis of ``patch`` to the image ``shape_zyx``; returns the patch and a one-line note
+    saying what changed ("" when nothing did).
+
+    A clipped Y/X side is rounded down to a multiple of ``multiple`` (2**depth of the network), a
+    clipped Z side to a multiple of ``z_multiple`` (2**number of Z poolings), so any stack with at
+    least one plane (and ``multiple`` pixels in Y and X) gets a patch it can train on.
+    """
+    sizes = tuple(shape_zyx[-ndim:])
+    mults = (multiple, multiple) if ndim == 2 else (z_multiple, multiple, multiple)
+    fitted = []
+    for axis, (p, s, m) in enumerate(zip(patch, sizes, mults)):
+        if p > s:
+            p = s // m * m
+            if p < 1:
+                need = f"{m} planes (its Z poolings)" if ndim == 3 and axis == 0 else f"{m} pixels in Y and X"
+                raise RegconError(f"The {'stack' if ndim == 3 else 'image'} ({'x'.join(map(str, sizes))}) is too "
+                                  f"small for this network, which needs at least {need}.")
+        fitted.append(int(p))
+    out = tuple(fitted)
+    if out == tuple(patch):
+        return out, ""
+    what = "stack" if ndim == 3 else "image"
+    return out, (f"The patch size {'x'.join(map(str, patch))} is larger than the {what} "
+                 f"({'x'.join(map(str, sizes))}), so training uses {'x'.join(map(str, out))}.")
+
+
 def check_patch_size(patch: tuple[int, ...], shapes: list[tuple[int, int, int]], ndim: int) -> None:
     """Raise when a patch does not fit inside every image."""
     for shape in shapes:

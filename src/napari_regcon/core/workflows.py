@@ -48,6 +48,7 @@ from .sampling import (
     SemiSupervisedSampler,
     check_patch_size,
     default_patch_size,
+    fit_patch,
 )
 from .semisupervised import SemiSupervisedTask
 from .supervised import SupervisedTask
@@ -90,12 +91,21 @@ def _volumes(images: Sequence[Any], channel_axis: int | None, ndim: int) -> list
     return vols
 
 
-def _patch(patch_size: Any, vols: list[Volume], ndim: int, cfg: UNetConfig | None) -> tuple[int, ...]:
+def _patch(patch_size: Any, vols: list[Volume], ndim: int, cfg: UNetConfig | None,
+           notes: list[str] | None = None) -> tuple[int, ...]:
+    """The training patch: the one asked for (or the default), clipped to the smallest image.
+
+    An axis longer than the image is cut to the image's size, rounded down to what the network
+    needs (a multiple of 2**depth in Y/X, of the Z poolings of a given network in Z); the change is
+    told in one sentence appended to ``notes``.
+    """
     mult = 2 ** (cfg.depth if cfg else 3)
     patch = parse_patch(patch_size, ndim)
     smallest = tuple(min(v.shape[i + 1] for v in vols) for i in range(3))
-    if patch is None:
-        patch = default_patch_size(smallest, ndim, mult)
+    zdiv = cfg.divisor[0] if cfg is not None and cfg.ndim == 3 and ndim == 3 else 1
+    patch, note = fit_patch(patch or default_patch_size(smallest, ndim, mult), smallest, ndim, mult, zdiv)
+    if note and notes is not None:
+        notes.append(note)
     check_patch_size(patch, [v.shape[1:] for v in vols], ndim)
     for p in patch[-2:]:
         if p % mult:
@@ -135,7 +145,8 @@ def pretrain_job(images: Sequence[Any], method: str | None = None, options: Pret
     for v in vols:
         task.check_input(v.shape, o.ndim)
     norm = fit_normalization(vols)
-    patch = _patch(o.patch_size, vols, o.ndim, UNetConfig(depth=o.depth))
+    notes: list[str] = []
+    patch = _patch(o.patch_size, vols, o.ndim, UNetConfig(depth=o.depth), notes)
     cfg = _config(o.ndim, vols[0].shape[0], task.out_channels(vols[0].shape[0]), patch, o.base, o.depth)
     seed_everything(o.seed)
     model = build_model(cfg)
@@ -152,7 +163,7 @@ def pretrain_job(images: Sequence[Any], method: str | None = None, options: Pret
                       data=DataInfo(list(patch), o.channel_axis, list(sources or []))).to_dict()
 
     return Job(model, task, sampler, config, bundle_fn, _resume_state(resume),
-               {"patch": patch, "normalization": norm, "method": o.method})
+               {"patch": patch, "normalization": norm, "method": o.method, "notes": notes})
 
 
 def finetune_job(image: Any, labels: Any, options: FinetuneOptions | None = None, *,
@@ -182,14 +193,15 @@ def finetune_job(image: Any, labels: Any, options: FinetuneOptions | None = None
         raise RegconError(f"{len(o.class_names)} class names were given for {labelset.n_classes} classes ({labelset.class_values}).")
     vols_u = _volumes(list(unlabeled), o.channel_axis, ndim) if unlabeled else []
     norm = fit_normalization([vol, *vols_u])
+    notes: list[str] = []
     if init_b is not None:
         if icfg.in_channels != vol.shape[0]:
             raise RegconError(f"The initial model expects {icfg.in_channels} channel(s) but the image has {vol.shape[0]}.")
-        patch = _patch(o.patch_size or init_b.data.patch_size, [vol], ndim, icfg)
+        patch = _patch(o.patch_size or init_b.data.patch_size, [vol, *vols_u], ndim, icfg, notes)
         cfg = UNetConfig(ndim=ndim, in_channels=icfg.in_channels, out_channels=labelset.n_classes, base=base,
                          depth=depth, pool_z=list(icfg.pool_z))
     else:
-        patch = _patch(o.patch_size, [vol], ndim, UNetConfig(depth=depth))
+        patch = _patch(o.patch_size, [vol, *vols_u], ndim, UNetConfig(depth=depth), notes)
         cfg = _config(ndim, vol.shape[0], labelset.n_classes, patch, base, depth)
     seed_everything(o.seed)
     model = build_model(cfg)
@@ -236,7 +248,7 @@ def finetune_job(image: Any, labels: Any, options: FinetuneOptions | None = None
 
     return Job(model, task, sampler, config, bundle_fn, _resume_state(resume_b),
                {"patch": patch, "normalization": norm, "classes": classes, "labelset": labelset,
-                "recipe": chosen})
+                "recipe": chosen, "notes": notes})
 
 
 def _resume_state(resume: Bundle | dict | None) -> dict | None:
