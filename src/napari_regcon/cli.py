@@ -97,7 +97,7 @@ class _Interrupted(Exception):
 
 
 @guarded(["out"], ["images", "resume"], bundle=True, images=["images"])
-def cmd_pretrain(a: argparse.Namespace) -> int:
+def cmd_pretrain(args: argparse.Namespace) -> int:
     from napari_regcon.core.checkpoint import check_writable, load_bundle
     from napari_regcon.core.io import read_voxel_size
     from napari_regcon.core.options import PretrainOptions, fill, parse_params
@@ -105,91 +105,91 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
     from napari_regcon.core.safety import check_resume
     from napari_regcon.core.workflows import pretrain_job
 
-    images = [_read(p, "image") for p in a.images]
-    check_writable(a.out)
-    params = parse_params(a.param or [], "--param")
-    if a.method == "mim":
-        params = {"ratio": a.mask_ratio, "patch": a.mask_patch, "mask": a.mask, **params}
-    if a.ndim == 3:
-        params = with_voxel_size(a.method, params, a.ndim, read_voxel_size(a.images[0]))
-    resume = load_bundle(a.resume) if a.resume else None
+    images = [_read(p, "image") for p in args.images]
+    check_writable(args.out)
+    params = parse_params(args.param or [], "--param")
+    if args.method == "mim":
+        params = {"ratio": args.mask_ratio, "patch": args.mask_patch, "mask": args.mask, **params}
+    if args.ndim == 3:
+        params = with_voxel_size(args.method, params, args.ndim, read_voxel_size(args.images[0]))
+    resume = load_bundle(args.resume) if args.resume else None
     if resume is not None:
-        check_resume(resume, a.resume, "pretrain", a.steps, a.method)
-    job = pretrain_job(images, options=fill(PretrainOptions, a, method_params=params), resume=resume,
-                       sources=[str(p) for p in a.images])
+        check_resume(resume, args.resume, "pretrain", args.steps, args.method)
+    job = pretrain_job(images, options=fill(PretrainOptions, args, method_params=params), resume=resume,
+                       sources=[str(p) for p in args.images])
     _notes(job)
-    if a.method == "mim" and not a.quiet:
+    if args.method == "mim" and not args.quiet:
         voxel = params.get("voxel_size")
-        where = f"voxel size (z, y, x) {' x '.join(f'{v:g}' for v in voxel)} from {a.images[0]}; " if voxel else ""
+        where = f"voxel size (z, y, x) {' x '.join(f'{v:g}' for v in voxel)} from {args.images[0]}; " if voxel else ""
         cell = "x".join(map(str, job.task.cell_size(job.info["patch"])))
         print(f"napari-regcon: mim: {where}patch {'x'.join(map(str, job.info['patch']))}, mask cells {cell}, "
               f"mask {','.join(job.task.modes)}, ratio {job.task.ratio:g}", file=sys.stderr)
-    _run_job(job, a.out, f"pretrain ({a.method})", a.quiet)
-    _done(f"pretrained bundle written to {a.out}")
+    _run_job(job, args.out, f"pretrain ({args.method})", args.quiet)
+    _done(f"pretrained bundle written to {args.out}")
     return 0
 
 
 @guarded(["out"], ["image", "labels", "init", "resume", "unlabeled"], bundle=True, images=["image", "unlabeled"])
-def cmd_finetune(a: argparse.Namespace) -> int:
+def cmd_finetune(args: argparse.Namespace) -> int:
     from napari_regcon.core.checkpoint import check_writable, load_bundle, load_model_source
     from napari_regcon.core.options import FinetuneOptions, fill
     from napari_regcon.core.safety import check_class_count, check_resume
     from napari_regcon.core.workflows import finetune_job
 
-    image = _read(a.image, "image")
-    labels = _read(a.labels, "labels")
-    init = load_model_source(a.init) if a.init else None
-    resume = load_bundle(a.resume) if a.resume else None
+    image = _read(args.image, "image")
+    labels = _read(args.labels, "labels")
+    init = load_model_source(args.init) if args.init else None
+    resume = load_bundle(args.resume) if args.resume else None
     if resume is not None:
-        check_resume(resume, a.resume, "finetune", a.steps)
-    unlabeled = [_read(p, "unlabeled image") for p in (a.unlabeled or [])]
-    check_writable(a.out)
-    names = [n.strip() for n in a.class_names.split(",")] if a.class_names else None
-    job = finetune_job(image, labels, fill(FinetuneOptions, a, class_names=names), init=init, resume=resume,
-                       unlabeled=unlabeled, sources=[a.image, a.labels])
-    check_class_count(job.info["classes"].values, a.labels)
+        check_resume(resume, args.resume, "finetune", args.steps)
+    unlabeled = [_read(p, "unlabeled image") for p in (args.unlabeled or [])]
+    check_writable(args.out)
+    names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
+    job = finetune_job(image, labels, fill(FinetuneOptions, args, class_names=names), init=init, resume=resume,
+                       unlabeled=unlabeled, sources=[args.image, args.labels])
+    check_class_count(job.info["classes"].values, args.labels)
     _notes(job)
-    if not a.quiet:
+    if not args.quiet:
         print(f"fine-tune: recipe '{job.info['recipe'].name}'"
               + (" (ends by itself when the prediction stops changing)" if job.config.stop_when_stable else ""),
               file=sys.stderr)
-    _run_job(job, a.out, "fine-tune", a.quiet)
-    _done(f"segmentation bundle written to {a.out}")
+    _run_job(job, args.out, "fine-tune", args.quiet)
+    _done(f"segmentation bundle written to {args.out}")
     return 0
 
 
 @guarded(["out", "probabilities", "uncertainty"], ["model", "image"], images=["image"])
-def cmd_predict(a: argparse.Namespace) -> int:
+def cmd_predict(args: argparse.Namespace) -> int:
     from napari_regcon.core.bundle import as_bundle
     from napari_regcon.core.checkpoint import load_model_source
     from napari_regcon.core.io import check_chunking, check_output_path
     from napari_regcon.core.outputs import PredictionStopped, partial_path, predict_to_files
     from napari_regcon.core.predict import PredictOptions
 
-    bundle = load_model_source(a.model)
-    if not as_bundle(bundle, a.model).is_segmentation:
-        raise RegconError(f"{a.model} is a pretrained (self-supervised) bundle without classes; fine-tune it on labels first.")
-    image = _read(a.image, "image")
-    check_chunking(image, a.image)
-    check_output_path(a.out)
-    for extra in (a.probabilities, a.uncertainty):  # (the guard has refused outputs naming the same file)
+    bundle = load_model_source(args.model)
+    if not as_bundle(bundle, args.model).is_segmentation:
+        raise RegconError(f"{args.model} is a pretrained (self-supervised) bundle without classes; fine-tune it on labels first.")
+    image = _read(args.image, "image")
+    check_chunking(image, args.image)
+    check_output_path(args.out)
+    for extra in (args.probabilities, args.uncertainty):  # (the guard has refused outputs naming the same file)
         if extra:
             check_output_path(extra)
-    _check_tile(a.tile)
-    options = PredictOptions(channel_axis=a.channel_axis, tile=a.tile, overlap=a.overlap, batch_size=a.batch_size,
-                             device=a.device, min_size=a.min_size, crf=a.crf)
+    _check_tile(args.tile)
+    options = PredictOptions(channel_axis=args.channel_axis, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
+                             device=args.device, min_size=args.min_size, crf=args.crf)
     with _StopFlag() as stop:
         try:
-            summary = drive(predict_to_files(bundle, image, a.out, a.probabilities, uncertainty=a.uncertainty,
+            summary = drive(predict_to_files(bundle, image, args.out, args.probabilities, uncertainty=args.uncertainty,
                                               options=options, should_stop=stop),
-                            progress_bar({"tiles": "predict", "crf": "CRF"}, a.quiet))
+                            progress_bar({"tiles": "predict", "crf": "CRF"}, args.quiet))
         except PredictionStopped:
             raise _Interrupted("prediction stopped; no output was written.") from None
     if not summary["complete"]:
-        raise _Interrupted(f"prediction stopped; the finished part is kept in {partial_path(a.out)} and the same command resumes it.")
+        raise _Interrupted(f"prediction stopped; the finished part is kept in {partial_path(args.out)} and the same command resumes it.")
     resumed = f" (resumed: {summary['resumed_units']} finished units were kept)" if summary["resumed_units"] else ""
-    extras = [p for p in (a.probabilities, a.uncertainty) if p]
-    print(f"napari-regcon: {'CRF-refined ' if a.crf else ''}prediction written to {a.out}"
+    extras = [p for p in (args.probabilities, args.uncertainty) if p]
+    print(f"napari-regcon: {'CRF-refined ' if args.crf else ''}prediction written to {args.out}"
           + (f" and {' and '.join(extras)}" if extras else "") + resumed, file=sys.stderr)
     return 0
 
@@ -203,46 +203,46 @@ def _check_tile(tile: str | None) -> None:
         raise RegconError(f"The tile size {tile} is too small to predict efficiently; use at least 32 pixels in Y and X (default 256).")
 
 
-def cmd_evaluate(a: argparse.Namespace) -> int:
+def cmd_evaluate(args: argparse.Namespace) -> int:
     from napari_regcon.core.bundle import as_bundle
     from napari_regcon.core.checkpoint import load_model_source
     from napari_regcon.core.evaluation import evaluate, parse_mapping
 
-    pred = _read(a.pred, "prediction")
-    truth = _read(a.truth, "ground-truth")
-    values = as_bundle(load_model_source(a.model)).classes.values if a.model else None
-    result = evaluate(pred, truth, ignore_zero=a.ignore_zero, classes=a.classes, bundle_values=values,
-                      mapping=parse_mapping(a.map) if a.map else None, names=(a.pred, a.truth))
+    pred = _read(args.pred, "prediction")
+    truth = _read(args.truth, "ground-truth")
+    values = as_bundle(load_model_source(args.model)).classes.values if args.model else None
+    result = evaluate(pred, truth, ignore_zero=args.ignore_zero, classes=args.classes, bundle_values=values,
+                      mapping=parse_mapping(args.map) if args.map else None, names=(args.pred, args.truth))
     print(json.dumps(result))
     return 0
 
 
 @guarded(["out"], [])
-def cmd_demo(a: argparse.Namespace) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     from napari_regcon.demo import run_demo
 
-    report = run_demo(a.out, pretrain_steps=a.pretrain_steps, finetune_steps=a.finetune_steps, device=a.device,
-                      seed=a.seed, quiet=a.quiet)
-    print(json.dumps({"membrane_dice": report["membrane_dice"], "out": str(a.out)}))
+    report = run_demo(args.out, pretrain_steps=args.pretrain_steps, finetune_steps=args.finetune_steps, device=args.device,
+                      seed=args.seed, quiet=args.quiet)
+    print(json.dumps({"membrane_dice": report["membrane_dice"], "out": str(args.out)}))
     return 0
 
 
 @guarded(["out"], ["model", "image"], images=["image"])
-def cmd_export(a: argparse.Namespace) -> int:
+def cmd_export(args: argparse.Namespace) -> int:
     from napari_regcon.core.export import export_bioimageio
 
-    report = export_bioimageio(a.model, a.out, image=a.image, channel_axis=a.channel_axis, name=a.name,
-                               description=a.description, authors=a.author)
+    report = export_bioimageio(args.model, args.out, image=args.image, channel_axis=args.channel_axis, name=args.name,
+                               description=args.description, authors=args.author)
     print(f"napari-regcon: bioimage.io package written to {report.path} (bioimageio.spec {report.spec_version}: "
           f"{report.status}; TorchScript matches the predictor within {report.max_abs_diff:.1e})", file=sys.stderr)
     return 0
 
 
-def cmd_info(a: argparse.Namespace) -> int:
+def cmd_info(args: argparse.Namespace) -> int:
     from napari_regcon.core.bundle import as_bundle
     from napari_regcon.core.checkpoint import load_model_source
 
-    summary = as_bundle(load_model_source(a.model), a.model).describe()
+    summary = as_bundle(load_model_source(args.model), args.model).describe()
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

@@ -159,13 +159,13 @@ class FinetuneWidget(QWidget):
             show_error("Give at least two class names separated by commas, e.g. background, membrane.")
             return None
         try:
-            ca = self.network.channel_axis.resolve(img)
+            channel_axis = self.network.channel_axis.resolve(img)
         except RegconError as err:
             show_error(str(err))
             return None
-        data = to_layer_data(np.zeros(spatial_shape(layer_array(img).shape, ca), np.uint8), img, ca)
+        data = to_layer_data(np.zeros(spatial_shape(layer_array(img).shape, channel_axis), np.uint8), img, channel_axis)
         layer = unwrap(self.viewer.add_labels(data, name=f"{img.name} labels", opacity=0.7,
-                                              **labels_kwargs(names, img, ca)))
+                                              **labels_kwargs(names, img, channel_axis)))
         layer.brush_size = 6
         layer.selected_label = 1
         layer.mode = "paint"
@@ -181,25 +181,25 @@ class FinetuneWidget(QWidget):
             raise RegconError("Choose the image layer to segment.")
         if lab is None:
             raise RegconError("Choose a labels layer, or press 'New labels layer' and paint a few strokes of every class.")
-        ca = self.network.channel_axis.resolve(img)
+        channel_axis = self.network.channel_axis.resolve(img)
         image = layer_array(img)
-        labels = spatial_labels(layer_array(lab), img, ca)
-        want = spatial_shape(image.shape, ca)
+        labels = spatial_labels(layer_array(lab), img, channel_axis)
+        want = spatial_shape(image.shape, channel_axis)
         if tuple(labels.shape) != want:
             raise RegconError(f"The labels layer '{lab.name}' has shape {tuple(lab.data.shape)} but the image "
                               f"'{img.name}' has spatial shape {want}; use 'New labels layer' to make a matching one.")
         names = class_names_of(lab) or parse_class_names(self.classes.text())
         entry = self.init.current()
         if (as_bundle(entry.bundle).model.ndim if entry else self.options.values()["ndim"]) == 3:
-            warn_thin_isotropic(self.session, [img], ca)
-        options = FinetuneOptions(channel_axis=ca, **self.options.values(), **self.network.values())
+            warn_thin_isotropic(self.session, [img], channel_axis)
+        options = FinetuneOptions(channel_axis=channel_axis, **self.options.values(), **self.network.values())
         params = FinetuneParams(options, init=entry.bundle if entry else None, class_names=names,
                                 unlabeled=[layer_array(ly) for ly in self.unlabeled.checked_layers()],
                                 preview=self.preview.isChecked(), preview_every=self.preview_every)
-        tracker = PlaneTracker(current_plane(self.viewer, img, ca))
+        tracker = PlaneTracker(current_plane(self.viewer, img, channel_axis))
         preview_on = threading.Event()
         preview_on.set()
-        self._run = {"image": img, "labels": lab, "channel_axis": ca, "tracker": tracker,
+        self._run = {"image": img, "labels": lab, "channel_axis": channel_axis, "tracker": tracker,
                      "preview_on": preview_on, "start_kind": entry.kind if entry else None, "warned": set()}
         if params.preview:
             self._preview_target()
@@ -259,8 +259,8 @@ class FinetuneWidget(QWidget):
         Adding a layer takes napari a noticeable moment, so it happens at the click, not mid-run.
         """
         run = self._run
-        img, ca = run["image"], run["channel_axis"]
-        data = to_layer_data(np.zeros(spatial_shape(layer_array(img).shape, ca), np.uint8), img, ca)
+        img, channel_axis = run["image"], run["channel_axis"]
+        data = to_layer_data(np.zeros(spatial_shape(layer_array(img).shape, channel_axis), np.uint8), img, channel_axis)
         layer = self.preview_layer
         if in_viewer(self.viewer, layer) and tuple(layer.data.shape) == tuple(data.shape):
             layer.data[...] = 0
@@ -269,7 +269,7 @@ class FinetuneWidget(QWidget):
         active = self.viewer.layers.selection.active
         names = class_names_of(run["labels"]) or parse_class_names(self.classes.text())
         layer = unwrap(self.viewer.add_labels(data, name=PREVIEW_NAME, opacity=0.5,
-                                              **labels_kwargs(names, img, ca)))
+                                              **labels_kwargs(names, img, channel_axis)))
         if in_viewer(self.viewer, active):
             self.viewer.layers.selection.active = active  # keep painting where the user was
         self.preview_layer = layer
