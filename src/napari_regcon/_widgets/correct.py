@@ -43,9 +43,9 @@ class CorrectWidget(QWidget):
         form.addRow("Training labels", self.labels)
         form.addRow("Prediction", self.prediction)
         lay = QVBoxLayout(self)
-        lay.addWidget(hint("Best measured path: accept this slice's prediction, paint the right class over "
-                           "its largest wrong regions on your labels, then train again. Ctrl-Z on the "
-                           "labels undoes an accept or a copy."))
+        lay.addWidget(hint("Membranes, cells: accept this slice's prediction, paint the right class over "
+                           "its largest wrong regions, train again. Thin, sparse objects (vessels): paint "
+                           "strokes over the misses instead. Ctrl-Z undoes an accept or a copy."))
         lay.addLayout(form)
         lay.addWidget(self.overwrite)
         lay.addWidget(self.accept_slice)
