@@ -44,7 +44,7 @@ def test_tiled_equals_whole_image_away_from_tile_borders() -> None:
     net = _conv_only(cfg)
     img = np.random.default_rng(0).random((1, 128, 192)).astype(np.float32)
     probs = np.zeros((3, 1, 128, 192), np.float32)
-    list(iter_predict(net, Volume(img), NORM, None, probs, [1, 2, 3], tile=(64, 64), overlap=0.0))
+    list(iter_predict(net, Volume(img), NORM, None, probs, [1, 2, 3], tile=(64, 64), overlap=0.0, precision="fp32"))
     with torch.no_grad():
         whole = net(torch.from_numpy(img)[None]).softmax(1)[0].numpy()
     margin = 20  # > receptive-field radius of this net
@@ -103,3 +103,15 @@ def test_wrong_channels_and_nan_are_clear_errors() -> None:
     img[3, 3] = np.nan
     with pytest.raises(RegconError, match="NaN"):
         list(iter_predict(net1, Volume(img), NORM, np.zeros((16, 16), np.uint8), None, [1, 2]))
+
+
+def test_low_precision_prediction_agrees_with_fp32(em_small, tiny) -> None:
+    """bf16 prediction (the CPU default where bf16 units exist) gives nearly the labels of fp32."""
+    from napari_regcon.core.predict import PredictOptions, predict
+    from napari_regcon.core.workflows import finetune_job
+
+    raw, truth = em_small
+    bundle = finetune_job(raw, truth, dense=True, steps=6, seed=0, **tiny).run()
+    full = predict(bundle, raw, PredictOptions(precision="fp32", device="cpu"))
+    low = predict(bundle, raw, PredictOptions(precision="bf16", device="cpu"))
+    assert np.mean(full.labels != low.labels) < 0.01

@@ -259,10 +259,11 @@ def export_bioimageio(model: str | Path, out: str | Path, *, image: Any = None, 
 
     raw = _crop(vol, cfg)
     spatial = raw.shape[1:]
-    # the expected output is what our own predictor gives (one tile covering the crop)
-    # (a copy: Volume.read returns a view of float32 input, which the predictor normalises in place)
+    # the expected output is what our own predictor gives (one tile covering the crop), in fp32 as
+    # the TorchScript weights run (a copy: Volume.read returns a view of float32 input, which the
+    # predictor normalises in place)
     probs = predict(typed, raw.copy(), PredictOptions(channel_axis=0, probabilities=True, tile=spatial,
-                                                      device="cpu")).probabilities
+                                                      device="cpu", precision="fp32")).probabilities
     probs = np.ascontiguousarray(probs, np.float32)
     assert typed.normalization is not None  # a segmentation bundle always has one (Bundle.validate)
     gain, offset = _scale_linear(typed.normalization)

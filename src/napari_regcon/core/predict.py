@@ -53,6 +53,8 @@ class PredictOptions:
         2D model; 0 or 1 = off).
     crf
         Refine with a fully connected CRF, plane by plane (the probabilities returned are the refined ones).
+    precision
+        ``auto`` (bf16 on CPUs with bf16 units, mixed precision on GPUs), ``fp32``, ``bf16`` or ``fp16``.
     """
 
     channel_axis: int | None = None
@@ -60,6 +62,7 @@ class PredictOptions:
     overlap: float = 0.25
     batch_size: int = 4
     device: str = "auto"
+    precision: str = "auto"
     probabilities: bool = False
     uncertainty: str | None = None
     min_size: int = 0
@@ -136,7 +139,7 @@ def predict_events(bundle: Bundle | dict, image: Any, options: PredictOptions | 
     tile = parse_patch(opts.tile, model.config.ndim) if opts.tile is not None else None
     yield from iter_predict(model, vol, typed.normalization, out_labels, out_probs, values, tile=tile,
                             overlap=opts.overlap, batch_size=opts.batch_size, device=opts.device,
-                            should_stop=should_stop, zrange=zrange, skip=skip, on_unit_done=on_unit_done)
+                            precision=opts.precision, should_stop=should_stop, zrange=zrange, skip=skip, on_unit_done=on_unit_done)
     stopped = should_stop is not None and should_stop()
     if opts.crf and not stopped:
         t0 = time.perf_counter()
