@@ -6,6 +6,8 @@ wait for the worker and check the layers and bundles it produced. Run under ``xv
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -163,3 +165,58 @@ def test_strokes_run_ends_by_itself_and_says_so(make_napari_viewer, qtbot, em_sm
     steps = entry.bundle["training"]["step"]
     assert steps < 2000 and entry.bundle["data"]["recipe"]["name"] == "strokes"
     assert "ended by itself" in ft.status.message and "prediction stopped changing" in ft.status.message
+
+
+def _layers_now(viewer) -> dict[str, np.ndarray]:
+    return {ly.name: np.array(ly.data, copy=True) for ly in viewer.layers}
+
+
+def test_failed_run_leaves_layers_as_they_were_and_preview_states_its_cadence(make_napari_viewer, qtbot, em_small):
+    """A run failing in the worker (labels of a single class) neither makes nor clears the live preview
+    and notifies once, not again for the same failure; a real run says the preview is warming up until
+    its first useful preview, and the checkbox then states the cadence measured in that run."""
+    raw, truth = em_small
+    viewer, w = make_widget(make_napari_viewer, raw)
+    ft = w.finetune
+    assert not any(c.isdigit() for c in ft.preview.text())  # no promised cadence before a run
+    one = viewer.add_labels((truth == 2).astype(np.uint8), name="one class")
+    ft.labels.set_layer(one)
+    tiny(ft, steps=60)
+    ft.preview_every = 0.2
+    before = _layers_now(viewer)
+    notes = Notes()
+    run(qtbot, ft)
+    assert "single class" in ft.status.message and len(notes.errors()) == 1, notes.errors()
+    assert list(before) == [ly.name for ly in viewer.layers] and ft.preview_layer is None  # no preview layer
+    run(qtbot, ft)  # the same failure again: the status says so, no second notification
+    assert len(notes.errors()) == 1 and ft.status.message.startswith("Failed again: ")
+
+    # a real run: "warming up" until the first preview, then the measured cadence on the checkbox
+    good = viewer.add_labels(np.where(np.arange(4)[:, None, None] == 0, truth, 0).astype(np.uint8), name="good")
+    ft.labels.set_layer(good)
+    seen: list[tuple[str, bool, str]] = []
+    ft.status.events.activity.connect(lambda v: seen.append((v, ft.preview_layer is None, ft.panel.label.text())))
+    run(qtbot, ft, timeout=120_000)
+    assert w.session.latest("segmentation") is not None, (ft.status.message, notes.errors())
+    warming = [s for s in seen if "warming up" in s[0]]
+    assert warming and all(none for _, none, _ in warming)  # said while no preview was shown yet
+    assert any("warming up" in label for _, _, label in warming)  # on the progress line
+    assert seen[-1][0] == ""  # and cleared
+    prev = ft.preview_layer
+    assert prev is not None and prev.data.any()
+    m = re.fullmatch(r"Live preview \(slice in view, every ~([\d.]+) s in the last run\)", ft.preview.text())
+    times = ft.preview_times  # when the run's previews (not the final one) were made
+    assert m and len(times) >= 2, (ft.preview.text(), times)
+    assert abs(float(m.group(1)) - float(np.median(np.diff(times)))) < 0.051
+    assert float(m.group(1)) >= 0.15  # about preview_every, never faster
+
+    # the preview and a prediction exist; a failing run leaves both (and every other layer) as they were
+    run(qtbot, w.predict)
+    ft.labels.set_layer(one)
+    before = _layers_now(viewer)
+    run(qtbot, ft)
+    assert len(notes.errors()) == 2 and ft.status.message.startswith("Failed: ")  # news again after a success
+    after = _layers_now(viewer)
+    assert list(after) == list(before)
+    assert all(np.array_equal(after[k], before[k]) for k in before), [k for k in before if not np.array_equal(after[k], before[k])]
+    assert ft.preview_layer is prev

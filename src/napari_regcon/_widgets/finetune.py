@@ -41,9 +41,30 @@ from .options import PRESETS, NetworkOptions, TrainOptions
 from .progress import RunPanel
 from .runner import Runner
 from .state import ModelEntry, PlaneTracker, RunState, RunStatus, Session
-from .updates import Finished, PreviewUpdate, StepUpdate, Update
+from .updates import Finished, PreviewUpdate, Started, StepUpdate, Update
 
 PREVIEW_NAME = "live preview"
+PREVIEW_TEXT = "Live preview (slice in view)"
+PREVIEW_TIP = ("While training, predict the slice in view with the current model now and then. How often depends "
+               "on the run: a preview takes at most ~10% of it, so large planes and 3D models update less often "
+               "(the measured interval is shown here during the run). The first steps predict one class "
+               "everywhere; the preview appears once the model tells the classes apart.")
+WARMING_UP = "live preview warming up (shown once the model tells the classes apart)"
+
+
+def cadence(times: list[float]) -> float | None:
+    """The typical seconds between preview updates arriving at ``times`` (the median interval)."""
+    if len(times) < 2:
+        return None
+    return float(np.median(np.diff(times)))
+
+
+def cadence_text(seconds: float | None, when: str) -> str:
+    """The checkbox text with the cadence measured in a run (``when``: "this run", "the last run")."""
+    if seconds is None:
+        return PREVIEW_TEXT
+    n = f"{seconds:.1f}" if seconds < 10 else f"{seconds:.0f}"
+    return f"Live preview (slice in view, every ~{n} s in {when})"
 
 
 class FinetuneWidget(QWidget):
@@ -59,6 +80,7 @@ class FinetuneWidget(QWidget):
         self.preview_layer: Any = None
         self.preview_every = 3.0  # seconds between live previews (at least; large planes take longer)
         self._run: dict[str, Any] = {}
+        self.preview_times: list[float] = []  # when the last run's previews were made (monotonic s)
 
         self.inputs = QWidget()
         self.image = LayerCombo(viewer, ("image",))
@@ -73,7 +95,8 @@ class FinetuneWidget(QWidget):
         self.preset = QComboBox()
         self.preset.addItems([p.label for p in PRESETS])
         self.options = TrainOptions()
-        self.preview = QCheckBox("Live preview (slice in view, every ~3 s)")
+        self.preview = QCheckBox(PREVIEW_TEXT)
+        self.preview.setToolTip(PREVIEW_TIP)
         self.preview.setChecked(True)
         self.network = NetworkOptions()
         self.unlabeled = LayerChecklist(viewer, ("image",))
@@ -199,10 +222,12 @@ class FinetuneWidget(QWidget):
         tracker = PlaneTracker(current_plane(self.viewer, img, channel_axis))
         preview_on = threading.Event()
         preview_on.set()
+        # the preview layer is made (or reused) only when the first preview arrives: a run that fails
+        # before then leaves the layers as they were; "restore" undoes it if the run fails later
         self._run = {"image": img, "labels": lab, "channel_axis": channel_axis, "tracker": tracker,
-                     "preview_on": preview_on, "start_kind": entry.kind if entry else None, "warned": set()}
-        if params.preview:
-            self._preview_target()
+                     "preview_on": preview_on, "start_kind": entry.kind if entry else None, "warned": set(),
+                     "preview": params.preview, "preview_times": [], "restore": None}
+        self.preview.setText(PREVIEW_TEXT)
         self.viewer.dims.events.current_step.connect(self._on_dims)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         return finetune_updates, (image, labels, params, stop, tracker, preview_on)
@@ -225,15 +250,36 @@ class FinetuneWidget(QWidget):
             show_info(f"The layer '{layer.name}' was removed; training continues with the data it had at the start.")
 
     def _end_run(self) -> None:
-        if not self._run:
+        run = self._run
+        if not run:
             return
         self.viewer.dims.events.current_step.disconnect(self._on_dims)
         self.viewer.layers.events.removed.disconnect(self._on_layer_removed)
+        if self.runner.failed:
+            self._restore_preview()
         self._run = {}
+        self.preview_times = run["preview_times"]
+        self.preview.setText(cadence_text(cadence(self.preview_times), "the last run"))
+
+    def _restore_preview(self) -> None:
+        """A failed run leaves the layers as they were: undo what its previews did to the preview layer."""
+        restore, self._run["restore"] = self._run.get("restore"), None
+        if restore is None:
+            return
+        layer, before = restore
+        if before is None:  # made by this run
+            if in_viewer(self.viewer, layer):
+                self.viewer.layers.remove(layer)
+            self.preview_layer = None
+        elif in_viewer(self.viewer, layer):
+            layer.data[...] = before
+            layer.refresh()
 
     def _on_update(self, upd: Update) -> None:
         if isinstance(upd, StepUpdate) and self.panel.plot is not None:
             self.panel.plot.add_points(upd.points)
+        elif isinstance(upd, Started) and self._run.get("preview"):
+            self.status.activity = WARMING_UP
         elif isinstance(upd, PreviewUpdate):
             self._show_preview(upd)
         elif isinstance(upd, Finished) and upd.result is not None:
@@ -254,17 +300,17 @@ class FinetuneWidget(QWidget):
             self.done.emit()
 
     def _preview_target(self) -> Any:
-        """The live preview layer of this run, made (or reused and cleared) when the run starts.
+        """The live preview layer of this run, made (or reused) when its first preview arrives.
 
-        Adding a layer takes napari a noticeable moment, so it happens at the click, not mid-run.
+        The run remembers what it changed (the layer it made, or the reused layer's data), so that a
+        run failing later leaves the layers as they were.
         """
         run = self._run
         img, channel_axis = run["image"], run["channel_axis"]
         data = to_layer_data(np.zeros(spatial_shape(layer_array(img).shape, channel_axis), np.uint8), img, channel_axis)
         layer = self.preview_layer
         if in_viewer(self.viewer, layer) and tuple(layer.data.shape) == tuple(data.shape):
-            layer.data[...] = 0
-            layer.refresh()
+            run["restore"] = (layer, np.array(layer.data, copy=True))
             return layer
         active = self.viewer.layers.selection.active
         names = class_names_of(run["labels"]) or parse_class_names(self.classes.text())
@@ -273,12 +319,22 @@ class FinetuneWidget(QWidget):
         if in_viewer(self.viewer, active):
             self.viewer.layers.selection.active = active  # keep painting where the user was
         self.preview_layer = layer
+        run["restore"] = (layer, None)
         return layer
 
     def _show_preview(self, upd: PreviewUpdate) -> None:
-        run, layer = self._run, self.preview_layer
-        if not run or not run["preview_on"].is_set() or not in_viewer(self.viewer, layer):
+        run = self._run
+        if not run or not run["preview_on"].is_set():
             return
+        if run["restore"] is None:  # the first preview of this run: it says something, so show it now
+            self._preview_target()
+        layer = self.preview_layer
+        if not in_viewer(self.viewer, layer):
+            return
+        self.status.activity = ""
+        if not upd.final:
+            run["preview_times"].append(upd.at)
+            self.preview.setText(cadence_text(cadence(run["preview_times"]), "this run"))
         spatial = spatial_labels(layer.data, run["image"], run["channel_axis"])
         if upd.plane is None:
             spatial[...] = upd.labels

@@ -255,7 +255,7 @@ class _Previewer:
             return None
         # never spend more than ~10% of the run on previews, however large the plane
         self.next_at = time.monotonic() + max(self.params.preview_every, 9 * cost)
-        return PreviewUpdate(z, labels)
+        return PreviewUpdate(z, labels, final=force)
 
 
 def finetune_updates(image: Any, labels: Any, params: FinetuneParams, stop: threading.Event,

@@ -114,6 +114,7 @@ class RunPanel(QWidget):
         status.events.state.connect(self._on_state)
         status.events.step.connect(self._on_progress)
         status.events.total.connect(self._on_progress)
+        status.events.activity.connect(self._on_progress)
         status.events.message.connect(self._on_message)
         self._t_start = 0.0
         self._on_state(status.state)
@@ -160,5 +161,9 @@ class RunPanel(QWidget):
         eta = format_duration(self.status.eta)
         if eta:
             parts.append(f"about {eta} left")
+        if self.status.activity:
+            if not parts and self.status.message:  # before the first step: what the run is, then this
+                parts.append(self.status.message)
+            parts.append(self.status.activity)
         if parts:
             self.label.setText(" · ".join(parts))

@@ -13,6 +13,10 @@ benchmarks/gui_responsiveness.py). ``gc.unfreeze`` at the end restores normal co
 For the same reason the interpreter's GIL switch interval is lowered from 5 to 1 ms during a run:
 when the worker runs Python code (setting a job up, sampling), each of the many Python callbacks of
 a redraw would otherwise wait up to 5 ms for the GIL.
+
+A failure shows one error notification; the same message again within ``REPEAT_WINDOW`` seconds
+(the user pressing Start again on the same input) only updates the status line ("Failed again: …"),
+so notifications do not pile up.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import gc
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +40,8 @@ from .wording import widget_text
 Prepare = Callable[[threading.Event], tuple[Callable[..., Any], tuple]]
 
 RUN_SWITCH_INTERVAL = 0.001
+#: Seconds during which the same error message is not notified again (the status line still says it).
+REPEAT_WINDOW = 60.0
 _normal_switch_interval = sys.getswitchinterval()
 
 
@@ -59,6 +66,7 @@ class Runner:
         self.stop_event: threading.Event | None = None
         self.failed = False
         self.note = ""  # the run's note (e.g. the patch was clipped to the image), kept in the status
+        self._last_error = ("", float("-inf"))  # the last error notified, and when
         status.events.state.connect(self._on_state)
 
     @property
@@ -80,10 +88,13 @@ class Runner:
         try:
             func, args = self._prepare(stop)
         except RegconError as err:
-            show_error(widget_text(str(err)))
+            message = widget_text(str(err))
+            if not self._notify_error(message):
+                self.status.message = f"Failed again: {message}"
             self.status.state = RunState.IDLE
             return
         self.stop_event, self.failed, self.note = stop, False, ""
+        self.status.activity = ""
         self.status.step, self.status.total = 0, 0
         self.status.loss, self.status.eta = float("nan"), float("nan")
         self.status.message = f"Preparing the {self._what}…"
@@ -127,8 +138,7 @@ class Runner:
         elif isinstance(upd, Failed):
             self.failed = True
             message = widget_text(upd.message)
-            st.message = f"Failed: {message}"
-            show_error(message)
+            st.message = f"Failed: {message}" if self._notify_error(message) else f"Failed again: {message}"
         elif isinstance(upd, Finished) and upd.message:
             st.message = upd.message
         try:
@@ -138,13 +148,26 @@ class Runner:
             msg = widget_text(str(err)) if isinstance(err, RegconError) else \
                 f"Could not show the result ({type(err).__name__}: {err})."
             st.message = msg
-            show_error(msg)
+            self._notify_error(msg)
             return
+        if isinstance(upd, Finished) and not self.failed:
+            self._last_error = ("", float("-inf"))  # a success: the next failure is news again
         if isinstance(upd, Finished) and self.note and self.note not in st.message:
             st.message = f"{st.message} {self.note}".strip()  # the note stays in view after the run
 
+    def _notify_error(self, message: str) -> bool:
+        """Show ``message`` as an error notification unless it was just shown; True if shown."""
+        now = time.monotonic()
+        last, at = self._last_error
+        if message == last and now - at < REPEAT_WINDOW:
+            return False
+        self._last_error = (message, now)
+        show_error(message)
+        return True
+
     def _on_finished(self) -> None:
         _leave_run()
+        self.status.activity = ""
         self.worker, self.stop_event = None, None
         self.session.busy = False
         self.status.state = RunState.IDLE

@@ -37,6 +37,7 @@ class RunStatus:
     loss: float = float("nan")
     eta: float = float("nan")
     message: str = ""
+    activity: str = ""  # what the run does besides its steps, on the progress line (e.g. a preview warming up)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,10 +32,14 @@ class StepUpdate:
 
 @dataclass
 class PreviewUpdate:
-    """The current model's prediction of one plane (``plane`` None for a 2D image)."""
+    """The current model's prediction of one plane (``plane`` None for a 2D image), made at ``at``
+    (``time.monotonic()`` in the worker); ``final`` for the one made with the finished model (not part
+    of the run's cadence)."""
 
     plane: int | None
     labels: np.ndarray
+    final: bool = False
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
