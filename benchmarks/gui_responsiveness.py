@@ -25,6 +25,8 @@ Arms, in alternating rounds so machine noise hits each alike (fine-tuning, 2D U-
 - references: the idle viewer, still and with the slider moving (napari's own redraw cost), and
   a first short run that adds the live preview layer (a one-off cost, kept out of the rounds);
 - once: pretraining (MIM) and a prediction with probability + uncertainty layers.
+``--busy N`` keeps N busy-loop processes running at normal priority throughout (a laptop is rarely
+idle: ``--busy 2`` loads both cores) and writes ``gui_responsiveness_busyN.*``.
 Step time = wall time from step 5 to the last step divided by the steps in between.
 Targets (BENCHMARKS.md): longest stall <= 50 ms; GUI step time within 15% of headless.
 """
@@ -165,7 +167,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40, help="fine-tuning steps per run (default 40)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
+    parser.add_argument("--busy", type=int, default=0,
+                        help="busy-loop processes at normal priority meanwhile (a laptop with other programs "
+                             "running); results go to gui_responsiveness_busyN.*")
     args = parser.parse_args()
+    import multiprocessing as mp
+
+    from round_time import _spin
+
+    stop_spinning = mp.Event()
+    spinners = [mp.Process(target=_spin, args=(stop_spinning,), daemon=True) for _ in range(args.busy)]
+    for proc in spinners:
+        proc.start()
+    name = "gui_responsiveness" + (f"_busy{args.busy}" if args.busy else "")
 
     import napari
     from qtpy.QtCore import QTimer
@@ -313,7 +327,9 @@ def main() -> None:
                         "display": os.environ.get("DISPLAY")},
               "reference": reference, "first_run": first_run, "rounds": rounds, "pretrain_gui": pretrain, "predict_gui": predict,
               "summary": summary}
-    write_json("gui_responsiveness", result)
+    result["busy"] = {"processes": args.busy, "loadavg": list(os.getloadavg())}
+    stop_spinning.set()
+    write_json(name, result)
 
     def cell(key: str, part: str) -> str:
         return f"{max(arm(key, part, 'max_stall_ms')):.0f}"
@@ -341,7 +357,7 @@ def main() -> None:
     rows.append(["predict 10x384x384 + probability + uncertainty", "—", f"{predict['all']['max_stall_ms']:.0f}", "—"])
     headers = ["run (fine-tuning unless said)", "s/step (ratio to headless)", "longest stall ms", "steady-state ms"]
     print(text_table(headers, rows))
-    write_text("gui_responsiveness.md", markdown_table(headers, rows)
+    write_text(f"{name}.md", markdown_table(headers, rows)
                + f"\n\nStalls: worst over {args.rounds} alternating rounds; step times: medians. "
                  f"`xvfb-run -a {result['machine']['command']}`; {result['machine']['date']}; "
                  f"{all_cores} cores shared with other jobs (load average at start "
