@@ -283,7 +283,7 @@ def iter_train(model: UNet, task: Task, sampler: PatchSampler, config: TrainConf
     if config.stop_when_stable:
         probe = StabilityProbe(torch.from_numpy(_probe_batch(sampler)).to(device), config.stable_every,
                                config.stable_tol, config.stable_patience, config.min_steps)
-    reason = "steps"
+    reason = "stable" if plan["end"] < config.steps else "steps"  # a resumed run may be cooling down already
 
     t0 = time.perf_counter()
     done_at_start = step
@@ -316,16 +316,15 @@ def iter_train(model: UNet, task: Task, sampler: PatchSampler, config: TrainConf
         history["step"].append(step)
         history["loss"].append(value)
         elapsed = time.perf_counter() - t0
-        eta = elapsed / (step - done_at_start) * (plan["end"] - step)
         stable = probe is not None and reason == "steps" and distributed.any_rank(
             probe.check(ema.module if ema is not None else model, step, autocast), device)  # ranks stop together
         if stable and plateau:
             stable = step < plan["decay_from"]  # stable during the final cool-down: nothing to shorten
             if stable:  # cool down from here, then end
                 plan.update(decay_from=step, end=min(config.steps, step + cool))
-                eta = elapsed / (step - done_at_start) * (plan["end"] - step)
         if stable:
             reason = "stable"
+        eta = elapsed / (step - done_at_start) * (plan["end"] - step)
         yield Progress("step", step, plan["end"], value, optimizer.param_groups[0]["lr"], elapsed, eta, logs,
                        changed=probe.changed if probe is not None else float("nan"))
         if stable and not plateau:
