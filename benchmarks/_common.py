@@ -12,7 +12,8 @@ import os
 import platform
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +117,26 @@ def have_matplotlib() -> bool:
     except ImportError:
         return False
     return True
+
+
+def _spin(stop: Any) -> None:
+    x = 0
+    while not stop.is_set():
+        x += 1
+
+
+@contextmanager
+def busy_processes(n: int) -> Iterator[None]:
+    """``n`` busy-loop processes at normal priority while the block runs (a laptop that is not idle)."""
+    import multiprocessing as mp
+
+    stop = mp.Event()
+    spinners = [mp.Process(target=_spin, args=(stop,), daemon=True) for _ in range(n)]
+    for proc in spinners:
+        proc.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for proc in spinners:
+            proc.join()

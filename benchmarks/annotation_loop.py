@@ -308,14 +308,19 @@ def run_loop(data: Dataset, spec: str, seed: int, args: argparse.Namespace) -> d
               + ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
               + f", {round_s:.0f} s, {arm.steps_run} steps", flush=True)
     return {"dataset": data.name, "arm": spec, "seed": seed, "rounds": rounds, **extra,
-            "settings": {**{k: getattr(args, k) for k in ("first", "per_round", "steps", "retrain_steps", "rounds",
-                                                          "pretrain_steps", "correct")}, "recipe_rev": RECIPE_REV}}
+            "settings": settings(args)}
 
 
 # ----------------------------------------------------------------------------- reporting
 
 #: the revision of core's strokes recipe a record was made with (2: plateau schedule, stop on settled regions)
 RECIPE_REV = 2
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings that tell one record of an arm and seed from another."""
+    keys = ("first", "per_round", "steps", "retrain_steps", "rounds", "pretrain_steps", "correct")
+    return {**{k: getattr(args, k) for k in keys}, "recipe_rev": RECIPE_REV}
 
 
 def _key(rec: dict) -> str:
@@ -409,9 +414,7 @@ def main(argv: list[str] | None = None) -> None:
     for spec in args.arms.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             probe = {"dataset": data.name, "arm": spec, "seed": seed,
-                     "settings": {**{k: getattr(args, k) for k in ("first", "per_round", "steps", "retrain_steps",
-                                                                   "rounds", "pretrain_steps", "correct")},
-                                  "recipe_rev": RECIPE_REV}}
+                     "settings": settings(args)}
             if _key(probe) in done and not args.force:
                 print(f"skip {spec} seed {seed} (recorded)")
                 continue

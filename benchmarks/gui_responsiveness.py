@@ -43,7 +43,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import machine_info, markdown_table, median, spread, text_table, write_json, write_text
+from _common import (
+    busy_processes,
+    machine_info,
+    markdown_table,
+    median,
+    spread,
+    text_table,
+    write_json,
+    write_text,
+)
 
 STALL_TARGET_MS = 50.0
 STEP_TARGET = 1.15
@@ -171,14 +180,12 @@ def main() -> None:
                         help="busy-loop processes at normal priority meanwhile (a laptop with other programs "
                              "running); results go to gui_responsiveness_busyN.*")
     args = parser.parse_args()
-    import multiprocessing as mp
+    with busy_processes(args.busy):
+        measure(args)
 
-    from round_time import _spin
 
-    stop_spinning = mp.Event()
-    spinners = [mp.Process(target=_spin, args=(stop_spinning,), daemon=True) for _ in range(args.busy)]
-    for proc in spinners:
-        proc.start()
+def measure(args: argparse.Namespace) -> None:
+    """Every arm, in alternating rounds; results to gui_responsiveness[_busyN].json / .md."""
     name = "gui_responsiveness" + (f"_busy{args.busy}" if args.busy else "")
 
     import napari
@@ -328,7 +335,6 @@ def main() -> None:
               "reference": reference, "first_run": first_run, "rounds": rounds, "pretrain_gui": pretrain, "predict_gui": predict,
               "summary": summary}
     result["busy"] = {"processes": args.busy, "loadavg": list(os.getloadavg())}
-    stop_spinning.set()
     write_json(name, result)
 
     def cell(key: str, part: str) -> str:

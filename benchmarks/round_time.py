@@ -15,14 +15,21 @@ busy-loop processes at normal priority meanwhile, as a laptop with other program
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import threading
 import time
 from typing import Any
 
 import numpy as np
-from _common import machine_info, markdown_table, read_json, text_table, write_json, write_text
+from _common import (
+    busy_processes,
+    machine_info,
+    markdown_table,
+    read_json,
+    text_table,
+    write_json,
+    write_text,
+)
 from annotation_loop import correction_strokes, first_strokes, load_dataset
 
 from napari_regcon._widgets.jobs import FinetuneParams, cpu_threads, finetune_updates, predict_plane
@@ -31,12 +38,6 @@ from napari_regcon._widgets.updates import Failed, Finished, PreviewUpdate, Star
 from napari_regcon.core.options import FinetuneOptions
 
 NAME = "round_time"
-
-
-def _spin(stop: Any) -> None:
-    x = 0
-    while not stop.is_set():
-        x += 1
 
 
 def one_round(image: np.ndarray, labels: np.ndarray, init: dict | None, seed: int) -> dict[str, Any]:
@@ -73,21 +74,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     data = load_dataset("isbi")
-    stop = mp.Event()
-    spinners = [mp.Process(target=_spin, args=(stop,), daemon=True) for _ in range(args.busy)]
-    for s in spinners:
-        s.start()
-    try:
+    with busy_processes(args.busy):
         labels = first_strokes(data, 0.01, args.seed)
         r0 = one_round(data.image, labels, None, args.seed)
         painted = labels > 0
         labels[0] = correction_strokes(data.truth[0], r0["plane"], labels[0], painted[0],
                                        int(0.005 * labels[0].size), data.radius, np.random.default_rng(args.seed))
         r1 = one_round(data.image, labels, r0["bundle"], args.seed + 1)
-    finally:
-        stop.set()
-        for s in spinners:
-            s.join()
     rec = {"busy": args.busy, "threads": cpu_threads(), "loadavg": list(os.getloadavg()),
            "first_preview_s": r0["first_preview_s"], "round0_s": r0["round_s"], "round0_steps": r0["steps"],
            "round0_message": r0["message"], "correction_s": r1["round_s"], "correction_steps": r1["steps"],
