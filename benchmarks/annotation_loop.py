@@ -82,6 +82,7 @@ class Dataset:
     pretrain_images: list[np.ndarray]
     patch: str
     batch_size: int
+    voxel: tuple[float, ...] | None = None  # (Z, Y, X) from the file: a 3D network follows it
 
 
 def load_dataset(name: str) -> Dataset:
@@ -103,9 +104,11 @@ def load_dataset(name: str) -> Dataset:
         rest = [z for z in range(raw1.shape[0]) if z not in paint]
         evals = {"stack 01 unpainted": (raw1[rest], lab1[rest]), "stack 04": (raw4, lab4)}
         ndim = 2 if name == "vessel2d" else 3
+        from napari_regcon.core.io import read_voxel_size
+
         return Dataset(name, ndim, raw1, lab1, paint, evals, 2, {1: 2, 2: 2},
                        [raw1, read("raw", "02"), read("raw", "03"), raw4], "128" if ndim == 2 else "8,64,64",
-                       8 if ndim == 2 else 4)
+                       8 if ndim == 2 else 4, read_voxel_size(VESSEL / "raw_01.tif"))
     raise SystemExit(f"unknown dataset {name!r}")
 
 
@@ -177,15 +180,19 @@ def parse_arm(spec: str) -> tuple[str, str, dict[str, Any]]:
 
 def pretrained(data: Dataset, method: str, seed: int, steps: int, args: argparse.Namespace) -> tuple[dict, float]:
     """A pretrained bundle for ``method`` on the dataset's pretraining stacks (cached); (bundle, seconds)."""
-    key = json.dumps({"d": data.name, "m": method, "steps": steps, "patch": data.patch, "bs": data.batch_size,
-                      "ndim": data.ndim, "seed": seed}, sort_keys=True)
+    spec = {"d": data.name, "m": method, "steps": steps, "patch": data.patch, "bs": data.batch_size,
+            "ndim": data.ndim, "seed": seed}
+    if data.ndim == 3 and data.voxel:  # the network follows the voxel size (absent from earlier cache keys)
+        spec["voxel"] = list(data.voxel)
+    key = json.dumps(spec, sort_keys=True)
     path = CACHE / f"loop_{data.name}_{method}_{hashlib.sha1(key.encode()).hexdigest()[:8]}.pt"
     if path.exists():
         bundle = load_bundle(path)
         return bundle, float(bundle["training"].get("bench_seconds", float("nan")))
     t0 = time.perf_counter()
     job = pretrain_job(data.pretrain_images, method, ndim=data.ndim, patch_size=data.patch, steps=steps,
-                       batch_size=data.batch_size, seed=seed, device=args.device, checkpoint_every=0)
+                       batch_size=data.batch_size, seed=seed, device=args.device, checkpoint_every=0,
+                       voxel_size=data.voxel)
     bundle = job.run()
     bundle["training"]["bench_seconds"] = time.perf_counter() - t0
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -210,7 +217,7 @@ class NetworkArm:
         job = finetune_job(self.data.image, labels, init=init, ndim=self.data.ndim, patch_size=self.data.patch,
                            steps=steps, batch_size=self.data.batch_size, seed=self.seed + 101 * round_,
                            device=self.args.device, checkpoint_every=0, unlabeled=self.unlabeled,
-                           recipe=self.recipe, recipe_params=self.params)
+                           recipe=self.recipe, recipe_params=self.params, voxel_size=self.data.voxel)
         trace: list[tuple[int, float]] = []
         self.bundle = job.run(callback=lambda ev: trace.append((ev.step, ev.changed))
                               if ev.event == "step" and ev.step % job.config.stable_every == 0 else None)
@@ -313,8 +320,9 @@ def run_loop(data: Dataset, spec: str, seed: int, args: argparse.Namespace) -> d
 
 # ----------------------------------------------------------------------------- reporting
 
-#: the revision of core's strokes recipe a record was made with (2: plateau schedule, stop on settled regions)
-RECIPE_REV = 2
+#: the revision of core's recipes a record was made with (2: plateau schedule, stop on settled regions;
+#: 3: correction rounds distilled from the previous model; a 3D network follows the voxel size)
+RECIPE_REV = 3
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from _common import machine_info, markdown_table, read_json, text_table, write_j
 
 from napari_regcon.core.io import read_voxel_size  # noqa: E402
 from napari_regcon.core.metrics import dice  # noqa: E402
+from napari_regcon.core.options import parse_params  # noqa: E402
 from napari_regcon.core.pretext.mim import anisotropic_cell  # noqa: E402
 from napari_regcon.core.workflows import finetune_job, pretrain_job, run_predict  # noqa: E402
 
@@ -119,11 +120,18 @@ def run(args: argparse.Namespace, name: str = NAME) -> dict[str, Any]:
                 "lr": args.lr, "pretrain_stacks": list(PRETRAIN_STACKS)}
     if args.ndim == 2:  # (absent for 3D, so earlier 3D results still resume)
         settings["ndim"] = 2
+    if args.recipe:  # (absent by default, so earlier results still resume)
+        settings["recipe"] = args.recipe
+    if args.ndim == 3 and args.voxel_model:  # the network follows the voxel size (absent in earlier results)
+        settings["voxel_model"] = True
+    recipe, _, kvs = (args.recipe or "auto").partition(":")
+    recipe_params = parse_params(kvs.split(",")) if kvs else None
     previous = read_json(name) if not args.fresh else None
     done: dict[str, Any] = previous["runs"] if previous and previous.get("settings") == settings else {}
     voxel = read_voxel_size(VESSEL / f"raw_{TRAIN_STACK}.tif")
     patch = tuple(int(v) for v in args.patch.split(","))
     cell = anisotropic_cell(MASK_CELL_XY, voxel)
+    model_voxel = voxel if args.voxel_model else None
     raws = {s: load(s) for s in (*PRETRAIN_STACKS, EVAL_STACK)}
     truth01 = load(TRAIN_STACK, "labels")
     truth_eval = (load(EVAL_STACK, "labels") > 0).astype(np.uint8) + 1
@@ -155,7 +163,7 @@ def run(args: argparse.Namespace, name: str = NAME) -> dict[str, Any]:
                     job = pretrain_job([imgs[s] for s in PRETRAIN_STACKS], "mim", ndim=args.ndim, channel_axis=ch_axis,
                                        patch_size=patch, steps=args.pretrain_steps, batch_size=args.batch_size,
                                        lr=args.lr, base=args.base, depth=args.depth, seed=seed, device="cpu",
-                                       checkpoint_every=0,
+                                       checkpoint_every=0, voxel_size=model_voxel,
                                        method_params={"mask": mask, "ratio": args.mask_ratio, "patch": MASK_CELL_XY,
                                                       "voxel_size": voxel})
                     bundle = job.run()
@@ -168,8 +176,11 @@ def run(args: argparse.Namespace, name: str = NAME) -> dict[str, Any]:
             job = finetune_job(imgs[TRAIN_STACK], sparse_labels(truth01, regime), init=init, ndim=args.ndim,
                                channel_axis=ch_axis, patch_size=patch, steps=args.finetune_steps,
                                batch_size=args.batch_size, lr=args.lr, base=args.base, depth=args.depth, seed=seed,
-                               device="cpu", checkpoint_every=0)
+                               device="cpu", checkpoint_every=0, recipe=recipe, recipe_params=recipe_params,
+                               voxel_size=model_voxel)
             model = job.run()
+            rec["recipe"] = job.info["recipe"].name
+            rec["finetune_steps_run"] = int(model["training"]["step"])
             rec["finetune_seconds"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             pred, _ = run_predict(model, imgs[EVAL_STACK], channel_axis=ch_axis, device="cpu")
@@ -257,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--mask-ratio", type=float, default=0.6)
+    p.add_argument("--no-voxel-model", dest="voxel_model", action="store_false",
+                   help="3D: a network that ignores the voxel size (3x3x3 convolutions everywhere, as before)")
+    p.add_argument("--recipe", default=None,
+                   help="fine-tuning recipe NAME[:key=value,...] (default: auto, as the product picks it)")
     p.add_argument("--arms", nargs="*", default=None, help="only these arms (names as in the table)")
     p.add_argument("--fresh", action="store_true", help="ignore results of a previous run")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 5 steps, tiny net (results not meaningful)")
@@ -265,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.seeds, args.pretrain_steps, args.finetune_steps, args.base, args.depth = 1, 5, 5, 4, 2
     name = NAME + ("_2d" if args.ndim == 2 else "") + ("_quick" if args.quick else "")
+    if args.recipe:
+        name += "_" + "".join(c if c.isalnum() else "_" for c in args.recipe)
+    if args.ndim == 3 and args.voxel_model:
+        name += "_voxel"
     result = run(args, name)
     head, headers, rows = report(result)
     print(text_table(headers, rows))

@@ -267,3 +267,14 @@ def test_patch_is_clipped_to_a_thin_stack(tmp_path, capsys, vessel_thin) -> None
                  "--init", str(tmp_path / "pool.pt"), "--out", str(tmp_path / "ft2.pt"), *common]) == 0
     assert "so training uses 2x64x64" in capsys.readouterr().err
     assert torch.load(tmp_path / "ft2.pt", weights_only=True)["data"]["patch_size"] == [2, 64, 64]
+
+
+def test_recipe_param_changes_one_setting(files, capsys, tmp_path) -> None:
+    """--recipe-param KEY=VALUE reaches the recipe the bundle records; an unknown key is one clear error."""
+    out = tmp_path / "bal.pt"
+    common = ["finetune", "--image", str(files["image"]), "--labels", str(files["labels"]), *TINY]
+    assert main([*common, "--recipe", "dense", "--recipe-param", "balanced=true", "--out", str(out)]) == 0
+    recipe = torch.load(out, weights_only=True)["data"]["recipe"]
+    assert recipe["name"] == "dense" and recipe["balanced"] is True
+    capsys.readouterr()
+    _fails(capsys, [*common, "--recipe-param", "balance=true", "--out", str(tmp_path / "x.pt")], "Unknown recipe setting")

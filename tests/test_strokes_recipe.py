@@ -18,6 +18,7 @@ from napari_regcon.core.recipes import RECIPES, choose_recipe
 from napari_regcon.core.supervised import (
     balanced_cross_entropy,
     consistency_loss,
+    distillation_loss,
     edge_aware_smoothness,
 )
 from napari_regcon.core.workflows import finetune_job, run_predict
@@ -169,3 +170,35 @@ def test_a_one_class_wash_never_counts_as_stable() -> None:
     probe = StabilityProbe(torch.zeros(2, 1, 8, 8), every=1, tol=0.01, patience=1, min_steps=0)
     assert not any(probe.check(Wash(), step, contextlib.nullcontext) for step in range(1, 6))
     assert probe.changed == 0.0  # nothing changed, yet a wash is not a result
+
+
+def test_distillation_counts_only_unpainted_pixels_and_vanishes_at_the_teacher() -> None:
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 3, 8, 8)
+    target = torch.full((2, 8, 8), IGNORE)
+    target[:, :4] = 1
+    assert float(distillation_loss(teacher, teacher, target)) == pytest.approx(0.0, abs=1e-6)
+    other = teacher.clone()
+    other[:, :, :4] = torch.randn(2, 3, 4, 8)  # differs from the teacher only where the user painted
+    assert float(distillation_loss(other, teacher, target)) == pytest.approx(0.0, abs=1e-6)
+    other[:, :, 6:] += torch.randn(2, 3, 2, 8) * 3  # and now where nobody painted
+    assert float(distillation_loss(other, teacher, target)) > 0.05
+
+
+def test_a_distilled_correction_round_changes_less_outside_the_new_strokes(em_small) -> None:
+    raw, truth = em_small
+    labels = strokes_on(truth)
+    settings = {"base": 8, "depth": 2, "batch_size": 4, "patch_size": 64, "lr": 3e-3}
+    first = finetune_job(raw, labels, steps=60, seed=0, recipe="strokes", **settings).run()
+    before, _ = run_predict(first, raw, tile=128)
+    labels[1, ::9] = truth[1, ::9]  # the correction: another slice painted
+    outside = np.ones(raw.shape, bool)
+    outside[1] = False
+    changed = {}
+    for weight in (0.0, 3.0):
+        job = finetune_job(raw, labels, init=first, steps=40, seed=1, recipe="strokes", recipe_params={
+            "distill": weight, "stop_when_stable": False}, **settings)
+        assert bool(job.task._teacher) == (weight > 0)
+        after, _ = run_predict(job.run(), raw, tile=128)
+        changed[weight] = float((after != before)[outside].mean())
+    assert changed[3.0] < 0.7 * changed[0.0]

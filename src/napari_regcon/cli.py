@@ -110,13 +110,14 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     params = parse_params(args.param or [], "--param")
     if args.method == "mim":
         params = {"ratio": args.mask_ratio, "patch": args.mask_patch, "mask": args.mask, **params}
+    voxel = read_voxel_size(args.images[0]) if args.ndim == 3 else None
     if args.ndim == 3:
-        params = with_voxel_size(args.method, params, args.ndim, read_voxel_size(args.images[0]))
+        params = with_voxel_size(args.method, params, args.ndim, voxel)
     resume = load_bundle(args.resume) if args.resume else None
     if resume is not None:
         check_resume(resume, args.resume, "pretrain", args.steps, args.method)
-    job = pretrain_job(images, options=fill(PretrainOptions, args, method_params=params), resume=resume,
-                       sources=[str(p) for p in args.images])
+    job = pretrain_job(images, options=fill(PretrainOptions, args, method_params=params, voxel_size=voxel),
+                       resume=resume, sources=[str(p) for p in args.images])
     _notes(job)
     if args.method == "mim" and not args.quiet:
         voxel = params.get("voxel_size")
@@ -132,7 +133,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 @guarded(["out"], ["image", "labels", "init", "resume", "unlabeled"], bundle=True, images=["image", "unlabeled"])
 def cmd_finetune(args: argparse.Namespace) -> int:
     from napari_regcon.core.checkpoint import check_writable, load_bundle, load_model_source
-    from napari_regcon.core.options import FinetuneOptions, fill
+    from napari_regcon.core.io import read_voxel_size
+    from napari_regcon.core.options import FinetuneOptions, fill, parse_params
     from napari_regcon.core.safety import check_class_count, check_resume
     from napari_regcon.core.workflows import finetune_job
 
@@ -145,8 +147,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     unlabeled = [_read(p, "unlabeled image") for p in (args.unlabeled or [])]
     check_writable(args.out)
     names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
-    job = finetune_job(image, labels, fill(FinetuneOptions, args, class_names=names), init=init, resume=resume,
-                       unlabeled=unlabeled, sources=[args.image, args.labels])
+    voxel = read_voxel_size(args.image) if args.ndim == 3 else None
+    options = fill(FinetuneOptions, args, class_names=names, voxel_size=voxel,
+                   recipe_params=parse_params(args.recipe_param or [], "--recipe-param"))
+    job = finetune_job(image, labels, options, init=init, resume=resume, unlabeled=unlabeled,
+                       sources=[args.image, args.labels])
     check_class_count(job.info["classes"].values, args.labels)
     _notes(job)
     if not args.quiet:
@@ -317,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default="auto", choices=("auto", "strokes", "dense"),
                    help="auto (default): 'strokes' when under 30%% of the painted planes is annotated (balanced loss, "
                         "edge-aware smoothness, averaged weights, stops when the prediction stops changing), else 'dense'")
+    p.add_argument("--recipe-param", action="append", default=None, metavar="KEY=VALUE",
+                   help="change one setting of the recipe (repeatable), e.g. balanced=true: weigh the classes "
+                        "alike in the loss, for stacks whose objects fill a different share than the one you labeled")
     _add_common_training(p, 400)
     p.set_defaults(func=cmd_finetune)
 

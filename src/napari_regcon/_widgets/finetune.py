@@ -36,6 +36,7 @@ from .layers import (
     spatial_shape,
     to_layer_data,
     unwrap,
+    voxel_size_of,
 )
 from .options import PRESETS, NetworkOptions, TrainOptions
 from .progress import RunPanel
@@ -215,7 +216,8 @@ class FinetuneWidget(QWidget):
         entry = self.init.current()
         if (as_bundle(entry.bundle).model.ndim if entry else self.options.values()["ndim"]) == 3:
             warn_thin_isotropic(self.session, [img], channel_axis)
-        options = FinetuneOptions(channel_axis=channel_axis, **self.options.values(), **self.network.values())
+        options = FinetuneOptions(channel_axis=channel_axis, voxel_size=voxel_size_of(img, channel_axis),
+                                  **self.options.values(), **self.network.values())
         params = FinetuneParams(options, init=entry.bundle if entry else None, class_names=names,
                                 unlabeled=[layer_array(ly) for ly in self.unlabeled.checked_layers()],
                                 preview=self.preview.isChecked(), preview_every=self.preview_every)

@@ -115,6 +115,12 @@ def output_geometry(layer: Any, channel_axis: int | None) -> dict[str, Any]:
     return {"scale": tuple(scale), "translate": tuple(translate)}
 
 
+def voxel_size_of(layer: Any, channel_axis: int | None) -> list[float] | None:
+    """The layer's spatial scale as a voxel size, or None when it is napari's uniform default (it says nothing)."""
+    scale = output_geometry(layer, channel_axis)["scale"]
+    return [float(v) for v in scale] if len(set(scale)) > 1 else None
+
+
 def repeat_channels(arr: Any, axis: int, n: int) -> np.ndarray:
     """``arr`` seen with an axis of length ``n`` inserted at ``axis`` that repeats it: a view of
     stride 0 along that axis (no copy), writeable when ``arr`` is, so a write at any position of

@@ -20,7 +20,7 @@ from napari_regcon.core.pretext import PRETEXTS, with_voxel_size
 
 from .common import LayerChecklist, ModelPicker, hint, warn_thin_isotropic
 from .jobs import cpu_threads, pretrain_updates
-from .layers import layer_array, output_geometry
+from .layers import layer_array, voxel_size_of
 from .options import PRESETS, NetworkOptions, TrainOptions
 from .progress import RunPanel
 from .runner import Runner
@@ -156,10 +156,9 @@ class PretrainWidget(QWidget):
         form = self.options.values()
         if form["ndim"] == 3:
             warn_thin_isotropic(self.session, layers, channel_axis)
-        scale = output_geometry(layers[0], channel_axis)["scale"]  # napari's default (1, 1, 1) says nothing
-        extra = with_voxel_size(method, parse_params(self.method_params.text()), form["ndim"],
-                                [float(v) for v in scale] if len(set(scale)) > 1 else None)
-        options = PretrainOptions(method=method, channel_axis=channel_axis, method_params=extra,
+        voxel = voxel_size_of(layers[0], channel_axis)
+        extra = with_voxel_size(method, parse_params(self.method_params.text()), form["ndim"], voxel)
+        options = PretrainOptions(method=method, channel_axis=channel_axis, method_params=extra, voxel_size=voxel,
                                   **form, **self.network.values())
         return pretrain_updates, ([layer_array(ly) for ly in layers], options, stop)
 

@@ -18,7 +18,8 @@ from .errors import RegconError
 
 @dataclass
 class UNetConfig:
-    """Architecture of a :class:`UNet`; ``pool_z`` says per level whether Z is pooled (3D only)."""
+    """Architecture of a :class:`UNet` (3D only: ``pool_z`` says per level whether Z is pooled, ``conv_z``
+    per resolution level, encoder and decoder, whether its convolutions span Z (3x3x3) or stay in plane (1x3x3))."""
 
     ndim: int = 2
     in_channels: int = 1
@@ -26,6 +27,7 @@ class UNetConfig:
     base: int = 16
     depth: int = 3
     pool_z: list[bool] = field(default_factory=list)
+    conv_z: list[bool] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.ndim not in (2, 3):
@@ -34,8 +36,13 @@ class UNetConfig:
             raise RegconError("The network needs depth >= 1 and base width >= 2.")
         if self.ndim == 3 and not self.pool_z:
             self.pool_z = [True] * self.depth
+        if self.ndim == 3 and not self.conv_z:
+            self.conv_z = [True] * (self.depth + 1)
         if self.ndim == 2:
-            self.pool_z = []
+            self.pool_z, self.conv_z = [], []
+        if self.ndim == 3 and (len(self.pool_z) != self.depth or len(self.conv_z) != self.depth + 1):
+            raise RegconError(f"A 3D network of depth {self.depth} needs {self.depth} pool_z and "
+                              f"{self.depth + 1} conv_z flags, not {len(self.pool_z)} and {len(self.conv_z)}.")
 
     @property
     def divisor(self) -> tuple[int, ...]:
@@ -46,12 +53,19 @@ class UNetConfig:
         return (2 ** sum(bool(p) for p in self.pool_z), xy, xy)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The bundle's ``model`` section; ``conv_z`` only when some level stays in plane, so a network
+        of earlier versions is written as they wrote it (and they can read it)."""
+        d = asdict(self)
+        if all(d["conv_z"]):
+            del d["conv_z"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> UNetConfig:
-        known = {k: d[k] for k in ("ndim", "in_channels", "out_channels", "base", "depth", "pool_z") if k in d}
-        known["pool_z"] = [bool(p) for p in known.get("pool_z", [])]
+        known = {k: d[k] for k in ("ndim", "in_channels", "out_channels", "base", "depth", "pool_z", "conv_z")
+                 if k in d}
+        for key in ("pool_z", "conv_z"):  # bundles from before conv_z existed: 3x3x3 everywhere
+            known[key] = [bool(p) for p in known.get(key, [])]
         return cls(**known)
 
 
@@ -65,16 +79,41 @@ def anisotropic_pool_z(patch_z: int, depth: int, min_z: int = 4) -> list[bool]:
     return flags
 
 
+def anisotropic_plan(voxel_zyx: tuple[float, float, float], depth: int, patch_z: int, min_z: int = 2,
+                     ratio: float = 2.0) -> tuple[list[bool], list[bool]]:
+    """``(pool_z, conv_z)`` for a stack with voxel size ``voxel_zyx`` (nnU-Net's rule for anisotropic data).
+
+    While the Z step is at least ``ratio`` times the in-plane step at a level, that level's convolutions
+    stay in plane (1x3x3) and only Y/X are pooled, which halves the in-plane resolution and brings the
+    voxel closer to isotropic; from the level where it is near isotropic on, convolutions span Z and Z
+    is pooled too (while the patch keeps >= ``min_z`` planes). Fifteen planes 5 µm apart at 1 µm
+    in plane: in-plane at the first two levels, 3D below.
+    """
+    vz, vy, vx = (float(v) for v in voxel_zyx)
+    vxy = min(vy, vx)
+    pool_z, conv_z, z = [], [], patch_z
+    for _ in range(depth):
+        near = vz < ratio * vxy
+        conv_z.append(near)
+        can_pool = near and z // 2 >= min_z and z % 2 == 0
+        pool_z.append(can_pool)
+        z, vz = (z // 2, vz * 2) if can_pool else (z, vz)
+        vxy *= 2
+    conv_z.append(vz < ratio * vxy)
+    return pool_z, conv_z
+
+
 def _groups(channels: int) -> int:
     return math.gcd(8, channels)
 
 
 class _Block(nn.Sequential):
-    def __init__(self, ndim: int, cin: int, cout: int) -> None:
+    def __init__(self, ndim: int, cin: int, cout: int, span_z: bool = True) -> None:
         conv = nn.Conv2d if ndim == 2 else nn.Conv3d
+        k, pad = (3, 1) if ndim == 2 or span_z else ((1, 3, 3), (0, 1, 1))
         super().__init__(
-            conv(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(_groups(cout), cout), nn.ReLU(inplace=True),
-            conv(cout, cout, 3, padding=1, bias=False), nn.GroupNorm(_groups(cout), cout), nn.ReLU(inplace=True),
+            conv(cin, cout, k, padding=pad, bias=False), nn.GroupNorm(_groups(cout), cout), nn.ReLU(inplace=True),
+            conv(cout, cout, k, padding=pad, bias=False), nn.GroupNorm(_groups(cout), cout), nn.ReLU(inplace=True),
         )
 
 
@@ -90,13 +129,14 @@ class UNet(nn.Module):
         self.config = config
         nd, base, depth = config.ndim, config.base, config.depth
         widths = [base * 2 ** i for i in range(depth + 1)]
-        self.encoder = nn.ModuleList([_Block(nd, config.in_channels, widths[0])] +
-                                     [_Block(nd, widths[i], widths[i + 1]) for i in range(depth)])
+        span = config.conv_z or [True] * (depth + 1)
+        self.encoder = nn.ModuleList([_Block(nd, config.in_channels, widths[0], span[0])] +
+                                     [_Block(nd, widths[i], widths[i + 1], span[i + 1]) for i in range(depth)])
         tconv = nn.ConvTranspose2d if nd == 2 else nn.ConvTranspose3d
         self._kernels = [self._kernel(i) for i in range(depth)]
         self.upsample = nn.ModuleList([tconv(widths[i + 1], widths[i], self._kernels[i], stride=self._kernels[i])
                                        for i in reversed(range(depth))])
-        self.decoder = nn.ModuleList([_Block(nd, 2 * widths[i], widths[i]) for i in reversed(range(depth))])
+        self.decoder = nn.ModuleList([_Block(nd, 2 * widths[i], widths[i], span[i]) for i in reversed(range(depth))])
         conv = nn.Conv2d if nd == 2 else nn.Conv3d
         self.head = conv(widths[0], config.out_channels, 1)
         self.widths = widths

@@ -43,6 +43,9 @@ class TrainingOptions:
         Random seed; ``auto``/``cpu``/``cuda``/``mps``; arithmetic (``auto``, ``fp32``, ``bf16``, ``fp16``).
     checkpoint_every
         Save the bundle every N steps while training into a file (0: only at the end).
+    voxel_size
+        (Z, Y, X) voxel size when known (file metadata, layer scale): a fresh 3D network on a stack
+        whose planes are far apart convolves in plane at its first levels.
     """
 
     ndim: int = 2
@@ -57,6 +60,7 @@ class TrainingOptions:
     device: str = "auto"
     checkpoint_every: int = 100
     precision: str = "auto"
+    voxel_size: Sequence[float] | None = None
 
 
 @dataclass

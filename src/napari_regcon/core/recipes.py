@@ -4,8 +4,10 @@ Painted strokes cover ~1 % of a slice; a dense mask covers all of it. The two ne
 training (measured in benchmarks/annotation_loop.py): for strokes, class-balanced loss,
 edge-aware smoothness on the unpainted pixels, patches from the whole stack, an averaged model,
 a learning rate held at its peak until the predicted regions stop changing, then a short
-cool-down and the end of the run, and short, gentle correction rounds.
-``auto`` picks by the painted fraction.
+cool-down and the end of the run, and short, gentle correction rounds that keep the unpainted
+pixels near the previous model's answer (distillation), so a correction changes what it covers.
+Both recipes balance the classes in the loss: a class's share of the training stack says little
+about its share in the next stack. ``auto`` picks by the painted fraction.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class Recipe:
     consistency: float = 0.0
     threshold: float = 0.9
     smoothness: float = 0.0
+    affine_scale: float = 0.0  # >= 1: random rotation and zoom in [1/s, s] of every patch (0: off)
+    distill: float = 0.0  # a correction round: weight of keeping the unpainted pixels near the previous model
     uniform_fraction: float = 0.0
     ema: float = 0.0
     stop_when_stable: bool = False
@@ -45,13 +49,15 @@ class Recipe:
     def task_params(self) -> dict[str, Any]:
         """Keyword arguments of :class:`~napari_regcon.core.supervised.SupervisedTask`."""
         return {"dice_weight": self.dice_weight, "balanced": self.balanced, "consistency": self.consistency,
-                "threshold": self.threshold, "smoothness": self.smoothness}
+                "threshold": self.threshold, "smoothness": self.smoothness, "affine_scale": self.affine_scale,
+                "distill": self.distill}
 
 
 RECIPES: dict[str, Recipe] = {
     "dense": Recipe(),
     "strokes": Recipe(name="strokes", dice_weight=0.0, balanced=True, smoothness=3.0, uniform_fraction=0.5,
-                      ema=0.99, stop_when_stable=True, schedule="plateau", retrain_lr_scale=0.5, retrain_steps=150),
+                      ema=0.99, stop_when_stable=True, schedule="plateau", retrain_lr_scale=0.5, retrain_steps=150,
+                      distill=1.0),
 }
 
 

@@ -4,7 +4,9 @@ For sparse strokes (the ``strokes`` recipe, measured in benchmarks/annotation_lo
 class-balanced cross-entropy, so a class painted with fewer pixels still counts as much, and an
 edge-aware smoothness term on the unpainted pixels. An optional consistency term (FixMatch-style,
 the pixel-level cross-supervision of the semi-supervised paper with one network) makes the
-confident prediction of a weakly augmented view the target of a strongly augmented one.
+confident prediction of a weakly augmented view the target of a strongly augmented one. In a
+correction round an optional distillation term keeps the unpainted pixels near the prediction of
+the model the round continues (``distill``): the new strokes change what they cover, not the rest.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import geometric, intensity
+from .augment import affine, geometric, intensity
 from .labels import IGNORE
 from .models import UNet
 from .pretext.base import Task
@@ -58,6 +60,21 @@ def consistency_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch
     return (per_pixel * mask).sum() / n_unpainted, float(mask.sum()) / n_unpainted
 
 
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """KL divergence from the ``teacher``'s class probabilities to the ``student``'s, mean over unpainted pixels.
+
+    Learning without forgetting (Li & Hoiem 2016) for a correction round: where the user painted
+    nothing new, the previous model's answer stays the reference.
+    """
+    unpainted = (target == IGNORE).unsqueeze(1)
+    if not unpainted.any():
+        return student.sum() * 0.0
+    log_s = student.float().log_softmax(1)
+    log_t = teacher.detach().float().log_softmax(1)
+    kl = (log_t.exp() * (log_t - log_s)).sum(1, keepdim=True)
+    return (kl * unpainted).sum() / unpainted.sum()
+
+
 def edge_aware_smoothness(logits: torch.Tensor, image: torch.Tensor, radius: int = 2, dilation: int = 1,
                           sigma_intensity: float = 0.1) -> torch.Tensor:
     """A regularised loss for scribbles (Tang et al. 2018, "On regularized losses for weakly-
@@ -96,7 +113,7 @@ class SupervisedTask(Task):
 
     def __init__(self, n_classes: int, dice_weight: float = 1.0, augment: bool = True,
                  balanced: bool = False, consistency: float = 0.0, threshold: float = 0.9,
-                 smoothness: float = 0.0) -> None:
+                 smoothness: float = 0.0, affine_scale: float = 0.0, distill: float = 0.0) -> None:
         super().__init__()
         self.n_classes = int(n_classes)
         self.dice_weight = float(dice_weight)
@@ -105,14 +122,30 @@ class SupervisedTask(Task):
         self.consistency = float(consistency)
         self.threshold = float(threshold)
         self.smoothness = float(smoothness)
+        self.affine_scale = float(affine_scale)
+        self.distill = float(distill)
+        self._teacher: list[UNet] = []  # a list, so the frozen copy is not part of the task's state
 
     def out_channels(self, in_channels: int) -> int:
         return self.n_classes
+
+    def set_teacher(self, teacher: UNet) -> None:
+        """The frozen model a correction round continues; the distillation term's reference."""
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        self._teacher = [teacher]
+
+    def bind(self, model: UNet) -> None:
+        if self._teacher:  # on the network's device
+            self._teacher[0].to(next(model.parameters()).device)
 
     def prepare(self, batch: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, torch.Tensor]:
         image, target = batch["image"], batch["target"]
         if self.augment:
             image, target = geometric(image, target, rng)
+            if self.affine_scale >= 1.0:
+                image, target = affine(image, target, rng, scale=self.affine_scale, fill=IGNORE)
         out = {"target": torch.from_numpy(target)}
         if self.consistency > 0:
             # the weak view is the geometrically augmented patch; the strong one adds intensity
@@ -140,6 +173,12 @@ class SupervisedTask(Task):
             smooth = edge_aware_smoothness(logits, batch.get("input_weak", batch["input"]))
             total = total + self.smoothness * smooth
             logs["smoothness"] = float(smooth.detach())
+        if self.distill > 0 and self._teacher:
+            with torch.no_grad():
+                reference = self._teacher[0](batch["input"])
+            kd = distillation_loss(logits, reference, target)
+            total = total + self.distill * kd
+            logs["distill"] = float(kd.detach())
         if self.consistency > 0 and "input_weak" in batch:
             with torch.no_grad():
                 teacher = model(batch["input_weak"])
@@ -150,4 +189,5 @@ class SupervisedTask(Task):
 
     def params(self) -> dict[str, Any]:
         return {"dice_weight": self.dice_weight, "balanced": self.balanced, "consistency": self.consistency,
-                "threshold": self.threshold, "smoothness": self.smoothness}
+                "threshold": self.threshold, "smoothness": self.smoothness, "affine_scale": self.affine_scale,
+                "distill": self.distill}

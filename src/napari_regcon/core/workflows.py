@@ -32,6 +32,7 @@ from .labels import build_labelset
 from .models import (
     UNet,
     UNetConfig,
+    anisotropic_plan,
     anisotropic_pool_z,
     build_model,
     transferable_state,
@@ -113,13 +114,22 @@ def _patch(patch_size: Any, vols: list[Volume], ndim: int, cfg: UNetConfig | Non
     return patch
 
 
-def _config(ndim: int, channels: int, out: int, patch: tuple[int, ...], base: int, depth: int) -> UNetConfig:
-    pool_z = anisotropic_pool_z(patch[0], depth) if ndim == 3 else []
+def _config(ndim: int, channels: int, out: int, patch: tuple[int, ...], base: int, depth: int,
+            voxel_size: Sequence[float] | None = None) -> UNetConfig:
+    """A fresh network's architecture; in 3D with a known voxel size, in-plane convolutions and pooling at
+    the levels where Z is much coarser than Y/X (:func:`~napari_regcon.core.models.anisotropic_plan`)."""
+    pool_z: list[bool] = []
+    conv_z: list[bool] = []
+    if ndim == 3 and voxel_size is not None and len(voxel_size) == 3 and all(float(v) > 0 for v in voxel_size):
+        pool_z, conv_z = anisotropic_plan(tuple(float(v) for v in voxel_size), depth, patch[0])
+    elif ndim == 3:
+        pool_z = anisotropic_pool_z(patch[0], depth)
     if ndim == 3 and any(pool_z):
         zdiv = 2 ** sum(pool_z)
         if patch[0] % zdiv:
             raise RegconError(f"The Z patch size {patch[0]} must be a multiple of {zdiv}.")
-    return UNetConfig(ndim=ndim, in_channels=channels, out_channels=out, base=base, depth=depth, pool_z=pool_z)
+    return UNetConfig(ndim=ndim, in_channels=channels, out_channels=out, base=base, depth=depth, pool_z=pool_z,
+                      conv_z=conv_z)
 
 
 def model_from_bundle(bundle: Bundle | dict) -> UNet:
@@ -147,7 +157,8 @@ def pretrain_job(images: Sequence[Any], method: str | None = None, options: Pret
     norm = fit_normalization(vols)
     notes: list[str] = []
     patch = _patch(o.patch_size, vols, o.ndim, UNetConfig(depth=o.depth), notes)
-    cfg = _config(o.ndim, vols[0].shape[0], task.out_channels(vols[0].shape[0]), patch, o.base, o.depth)
+    cfg = _config(o.ndim, vols[0].shape[0], task.out_channels(vols[0].shape[0]), patch, o.base, o.depth,
+                  o.voxel_size)
     seed_everything(o.seed)
     model = build_model(cfg)
     if resume is not None:
@@ -199,18 +210,20 @@ def finetune_job(image: Any, labels: Any, options: FinetuneOptions | None = None
             raise RegconError(f"The initial model expects {icfg.in_channels} channel(s) but the image has {vol.shape[0]}.")
         patch = _patch(o.patch_size or init_b.data.patch_size, [vol, *vols_u], ndim, icfg, notes)
         cfg = UNetConfig(ndim=ndim, in_channels=icfg.in_channels, out_channels=labelset.n_classes, base=base,
-                         depth=depth, pool_z=list(icfg.pool_z))
+                         depth=depth, pool_z=list(icfg.pool_z), conv_z=list(icfg.conv_z))
     else:
         patch = _patch(o.patch_size, [vol, *vols_u], ndim, UNetConfig(depth=depth), notes)
-        cfg = _config(ndim, vol.shape[0], labelset.n_classes, patch, base, depth)
+        cfg = _config(ndim, vol.shape[0], labelset.n_classes, patch, base, depth, o.voxel_size)
     seed_everything(o.seed)
     model = build_model(cfg)
     pretext_info, semi_info = PretextInfo(), None
     if resume_b is not None:
         load_resumed_weights(model, resume_b)
         pretext_info, semi_info = resume_b.pretext, resume_b.semi_supervised
-    elif init_b is not None:
-        load_init(model, init_b)
+    continued = False  # every weight, the head included, comes from a segmentation model: a correction round
+    if resume_b is None and init_b is not None:
+        left_random = load_init(model, init_b)
+        continued = init_b.is_segmentation and not left_random
         pretext_info, semi_info = init_b.pretext, init_b.semi_supervised
     chosen = choose_recipe(o.recipe, labelset, **(o.recipe_params or {}))
     lr = chosen.lr if chosen.lr is not None else o.lr
@@ -235,6 +248,10 @@ def finetune_job(image: Any, labels: Any, options: FinetuneOptions | None = None
         semi_info = SemiSupervisedInfo(task.name, task.params(), len(vols_u))
     else:
         task = SupervisedTask(labelset.n_classes, **chosen.task_params())
+        if chosen.distill > 0 and continued:
+            teacher = build_model(cfg)
+            teacher.load_state_dict(model.state_dict())
+            task.set_teacher(teacher)  # a correction round: keep what the user did not repaint
         sampler = PatchSampler([vol], norm, patch, labels=[labelset], seed=o.seed,
                                uniform_fraction=chosen.uniform_fraction)
     names = list(o.class_names) if o.class_names else [f"class {v}" for v in labelset.class_values]
