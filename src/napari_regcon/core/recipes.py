@@ -6,8 +6,10 @@ edge-aware smoothness on the unpainted pixels, patches from the whole stack, an 
 a learning rate held at its peak until the predicted regions stop changing, then a short
 cool-down and the end of the run, and short, gentle correction rounds that keep the unpainted
 pixels near the previous model's answer (distillation), so a correction changes what it covers.
-Both recipes balance the classes in the loss: a class's share of the training stack says little
-about its share in the next stack. ``auto`` picks by the painted fraction.
+The dense recipe can balance the classes too (``balanced=True``), for models applied to stacks
+whose objects fill another share than the labeled one; not by default, because within one stack
+it over-weights the rarer class (measured in docs/benchmarks.md). ``auto`` picks by the painted
+fraction.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Recipe:
     lr: float | None = None  # None: the job's learning rate
     retrain_lr_scale: float = 1.0  # a run that continues a segmentation model scales its lr by this
     retrain_steps: int | None = None  # such a run does at most this many steps (a correction round)
+    retrain_check_every: int | None = None  # such a run checks stability this often (None: the loop's default)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -228,14 +228,17 @@ def finetune_job(image: Any, labels: Any, options: FinetuneOptions | None = None
     chosen = choose_recipe(o.recipe, labelset, **(o.recipe_params or {}))
     lr = chosen.lr if chosen.lr is not None else o.lr
     steps = o.steps
+    stop_rule: dict[str, int] = {}
     if init_b is not None and init_b.is_segmentation and resume is None:
         lr *= chosen.retrain_lr_scale  # continuing a model: a gentler step keeps what it learned
         if chosen.retrain_steps:
             steps = min(steps, chosen.retrain_steps)  # a correction round, not a new training
+        if chosen.retrain_check_every:  # it starts settled: look more often, so it can end sooner
+            stop_rule = {"stable_every": chosen.retrain_check_every, "min_steps": 2 * chosen.retrain_check_every}
     config = TrainConfig(steps=steps, batch_size=o.batch_size, lr=lr, seed=o.seed, device=o.device,
                          checkpoint_every=o.checkpoint_every, ema=chosen.ema,
                          stop_when_stable=chosen.stop_when_stable, stable_tol=chosen.stable_tol,
-                         schedule=chosen.schedule, precision=o.precision)
+                         schedule=chosen.schedule, precision=o.precision, **stop_rule)
     task: Task
     if vols_u:
         try:
