@@ -10,7 +10,6 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
-    QComboBox,
     QFormLayout,
     QLineEdit,
     QPushButton,
@@ -37,7 +36,7 @@ from .layers import (
     to_layer_data,
     unwrap,
 )
-from .options import PRESETS, NetworkOptions, TrainOptions
+from .options import NetworkOptions, TrainOptions
 from .progress import RunPanel
 from .runner import Runner
 from .state import ModelEntry, PlaneTracker, RunState, RunStatus, Session
@@ -92,13 +91,12 @@ class FinetuneWidget(QWidget):
         self.class_hint = hint("")
         self.init = ModelPicker(self.session, ("pretrained", "segmentation"),
                                 none_text="random initialisation (no pretraining)")
-        self.preset = QComboBox()
-        self.preset.addItems([p.label for p in PRESETS])
-        self.options = TrainOptions()
+        self.network = NetworkOptions()
+        self.options = TrainOptions(self.network)
+        self.preset = self.options.preset
         self.preview = QCheckBox(PREVIEW_TEXT)
         self.preview.setToolTip(PREVIEW_TIP)
         self.preview.setChecked(True)
-        self.network = NetworkOptions()
         self.unlabeled = LayerChecklist(viewer, ("image",))
         self.unlabeled.setToolTip("Optional unlabeled images: fine-tuning also learns from them (semi-supervised: two networks "
                                   "teach each other; a step costs about 8 supervised ones on a CPU)")
@@ -132,12 +130,10 @@ class FinetuneWidget(QWidget):
 
         self.classes.textChanged.connect(self._on_classes)
         self.new_labels.clicked.connect(self.create_labels_layer)
-        self.preset.currentIndexChanged.connect(self._on_preset)
         self.init.changed.connect(self._on_init)
         self.status.events.state.connect(self._on_state)
         self.session.retrain_requested.connect(self.retrain)
         self.runner = Runner(self.status, self.session, self._prepare, self._on_update, "fine-tuning")
-        self._on_preset(0)
         self._on_classes()
         self._on_init()
 
@@ -148,22 +144,10 @@ class FinetuneWidget(QWidget):
         self.class_hint.setText(f"Brush values: {listed}; 0 = not annotated (ignored). "
                                 "Paint the background as a class of its own.")
 
-    def _on_preset(self, index: int) -> None:
-        self.options.apply_preset(PRESETS[index], pretrain=False)
-        self._on_init()
-
     def _on_init(self) -> None:
+        """A *Start from* model fixes the data type, Model, width and depth; the form shows them."""
         entry = self.init.current()
-        fixed = entry is not None
-        if fixed:
-            ndim = entry.info.model.ndim
-            self.options.ndim.setCurrentIndex(0 if ndim == 2 else 1)
-            patch = entry.info.data.patch_size
-            if patch:
-                self.options.patch.setText(",".join(str(p) for p in patch) if ndim == 3 else str(patch[-1]))
-        self.options.ndim.setEnabled(not fixed)
-        self.network.base.setEnabled(not fixed)
-        self.network.depth.setEnabled(not fixed)
+        self.options.set_start(entry.bundle if entry is not None else None)
 
     def _on_state(self, state: RunState) -> None:
         self.inputs.setEnabled(state == RunState.IDLE)
@@ -213,7 +197,7 @@ class FinetuneWidget(QWidget):
                               f"'{img.name}' has spatial shape {want}; use 'New labels layer' to make a matching one.")
         names = class_names_of(lab) or parse_class_names(self.classes.text())
         entry = self.init.current()
-        if (as_bundle(entry.bundle).model.ndim if entry else self.options.values()["ndim"]) == 3:
+        if self.options.values()["ndim"] == 3:  # the chosen model's, when there is one
             warn_thin_isotropic(self.session, [img], channel_axis)
         options = FinetuneOptions(channel_axis=channel_axis, **self.options.values(), **self.network.values())
         params = FinetuneParams(options, init=entry.bundle if entry else None, class_names=names,

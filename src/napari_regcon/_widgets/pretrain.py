@@ -59,13 +59,12 @@ class PretrainWidget(QWidget):
         self.inputs = QWidget()
         self.images = LayerChecklist(viewer, ("image",), check_new=True)
         self.images.setToolTip("Unlabeled images to learn from (no labels needed); tick one or more")
-        self.preset = QComboBox()
-        self.preset.addItems([p.label for p in PRESETS])
+        self.network = NetworkOptions()
+        self.options = TrainOptions(self.network, pretrain=True)
+        self.preset = self.options.preset
         self.preset_hint = hint("")
         self.method = QComboBox()
         self.method_hint = hint("")
-        self.options = TrainOptions()
-        self.network = NetworkOptions()
         self.method_params = QLineEdit()
         self.method_params.setPlaceholderText("e.g. ratio=0.6, patch=16")
         self._suggested = ""
@@ -100,12 +99,12 @@ class PretrainWidget(QWidget):
         lay.addWidget(QLabel("Pretrained model"))
         lay.addWidget(self.saver)
 
-        self.preset.currentIndexChanged.connect(self._on_preset)
+        self.options.preset_shown.connect(self._on_preset)
         self.method.currentIndexChanged.connect(self._on_method)
         self.status.events.state.connect(lambda s: self.inputs.setEnabled(s == RunState.IDLE))
         self.runner = Runner(self.status, self.session, self._prepare, self._on_update, "pretraining")
         self.refresh_methods()
-        self._on_preset(0)
+        self._on_preset(self.preset.currentIndex())
 
     def refresh_methods(self) -> None:
         """List the pretext methods registered now (other methods may have been added)."""
@@ -127,9 +126,8 @@ class PretrainWidget(QWidget):
         super().showEvent(event)
 
     def _on_preset(self, index: int) -> None:
-        preset = PRESETS[index]
-        self.options.apply_preset(preset, pretrain=True)
-        self.preset_hint.setText(preset.hint)
+        """The data type shown changed (chosen, or following Model): its hint and method parameters."""
+        self.preset_hint.setText(PRESETS[index].hint)
         self._suggest_params()
 
     def _on_method(self, *_: Any) -> None:
