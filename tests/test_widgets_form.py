@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from widget_utils import Notes, make_widget, run
+from widget_utils import Notes, clipped_texts, in_view, make_widget, run, tiny, wait_idle
 
 from napari_regcon._widgets import ModelEntry
 from napari_regcon._widgets.presets import PRESETS, preset_for
@@ -113,3 +113,81 @@ def test_pretrain_model_follows_the_data_type(make_napari_viewer, qtbot, em_smal
     pt.preset.setCurrentIndex(preset_for(2))
     assert pt.options.ndim.currentIndex() == 0 and pt.options.patch.text() == PRESETS[preset_for(2)].patch
     assert pt.method_params.text() == ""
+
+
+@pytest.fixture(params=[1.0, 1.5], ids=["default font", "font x1.5"])
+def font_scale(request, qapp):
+    """The QApplication font and napari's font size (Preferences > Appearance) scaled, before the viewer
+    opens; restored afterwards (make_napari_viewer resets napari's settings)."""
+    from napari.settings import get_settings
+
+    font = qapp.font()
+    scaled = qapp.font()
+    scaled.setPointSizeF(font.pointSizeF() * request.param)
+    qapp.setFont(scaled)
+    settings = get_settings().appearance
+    settings.font_size = round(settings.font_size * request.param)
+    yield request.param
+    qapp.setFont(font)
+
+
+def _fits(qtbot, w, when: str) -> None:
+    """Every text fits, at the dock's width now and at its narrowest, with every section open or not."""
+    from qtpy.QtCore import Qt
+
+    dock = w.parentWidget()
+    while dock is not None and not hasattr(dock, "setFloating"):  # the QDockWidget napari made
+        dock = dock.parentWidget()
+    window, width = dock.parentWidget(), dock.width()
+    for target in (width, 0):  # 0: as narrow as the dock goes
+        window.resizeDocks([dock], [target], Qt.Orientation.Horizontal)
+        qtbot.wait(60)
+        problems = clipped_texts(w)
+        assert not problems, (when, w.width(), problems)
+    window.resizeDocks([dock], [width], Qt.Orientation.Horizontal)
+    qtbot.wait(60)
+
+
+def test_every_text_fits_at_default_width_and_larger_font(make_napari_viewer, qtbot, em_small, font_scale,
+                                                        tmp_path):
+    raw, truth = em_small
+    viewer, w = make_widget(make_napari_viewer, raw, show=True)
+    assert font_scale == 1.0 or w.minimumWidth() > 380  # the dock grows with the font
+    _fits(qtbot, w, "opened")
+    opened = [s.isExpanded() for s in w.sections]
+    for s in w.sections:
+        s.expand(animate=False)
+    _fits(qtbot, w, "all sections open")
+    for s, was in zip(w.sections, opened):
+        if not was:
+            s.collapse(animate=False)
+
+    pt, ft, pr = w.pretrain, w.finetune, w.predict
+    tiny(pt, steps=100_000)
+    pt.panel.start_button.click()
+    qtbot.waitUntil(lambda: pt.status.step >= 2, timeout=60_000)
+    _fits(qtbot, w, "pretraining")  # the method description used to be clipped while a run was active
+    pt.panel.stop_button.click()
+    wait_idle(qtbot, pt)
+    _fits(qtbot, w, "pretrained")
+    assert ft.init.current() is not None  # a model name in the combo boxes: elided, in full on hover
+    assert ft.init.combo.full_text_tip().startswith(ft.init.current().describe()) or \
+        ft.init.combo.shown_text() == ft.init.current().describe()
+
+    ft.labels.set_layer(viewer.add_labels(np.where(np.arange(4)[:, None, None] == 0, truth, 0).astype(np.uint8),
+                                          name="lab"))
+    ft.options.steps.setValue(400)
+    ft.preview_every = 0.2
+    ft.panel.start_button.click()
+    qtbot.waitUntil(lambda: ft.status.step >= 3, timeout=60_000)
+    _fits(qtbot, w, "fine-tuning")
+    ft.panel.stop_button.click()
+    wait_idle(qtbot, ft)
+    _fits(qtbot, w, "fine-tuned")  # the "Brush values" key used to be clipped after a run
+
+    run(qtbot, pr)
+    qtbot.wait(60)
+    # the new result is in view: Predict's status line and the next step, section 4, whole
+    assert in_view(w, w.sections[3]) and in_view(w, pr.panel.label), (w.verticalScrollBar().value(),)
+    _fits(qtbot, w, "predicted")
+    viewer.screenshot(str(tmp_path / f"dock_{font_scale}.png"), canvas_only=False)

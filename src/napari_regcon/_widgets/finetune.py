@@ -9,20 +9,19 @@ import numpy as np
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
-    QCheckBox,
     QFormLayout,
     QLineEdit,
     QPushButton,
     QVBoxLayout,
     QWidget,
 )
-from superqt import QCollapsible
 
 from napari_regcon.core.bundle import as_bundle
 from napari_regcon.core.errors import RegconError
 from napari_regcon.core.options import FinetuneOptions
 
 from .common import LayerChecklist, LayerCombo, ModelPicker, hint, row, warn_thin_isotropic
+from .fitting import Section, WrapCheckBox
 from .jobs import FinetuneParams, finetune_updates
 from .layers import (
     class_names_of,
@@ -83,7 +82,7 @@ class FinetuneWidget(QWidget):
 
         self.inputs = QWidget()
         self.image = LayerCombo(viewer, ("image",))
-        self.labels = LayerCombo(viewer, ("labels",), none_text="(none: create one below)")
+        self.labels = LayerCombo(viewer, ("labels",), none_text="(none yet)")
         self.classes = QLineEdit("background, foreground")
         self.classes.setToolTip("Class names, in label order: the first is label 1, the second label 2, …")
         self.new_labels = QPushButton("New labels layer")
@@ -94,22 +93,22 @@ class FinetuneWidget(QWidget):
         self.network = NetworkOptions()
         self.options = TrainOptions(self.network)
         self.preset = self.options.preset
-        self.preview = QCheckBox(PREVIEW_TEXT)
+        self.preview = WrapCheckBox(PREVIEW_TEXT)
         self.preview.setToolTip(PREVIEW_TIP)
         self.preview.setChecked(True)
         self.unlabeled = LayerChecklist(viewer, ("image",))
         self.unlabeled.setToolTip("Optional unlabeled images: fine-tuning also learns from them (semi-supervised: two networks "
                                   "teach each other; a step costs about 8 supervised ones on a CPU)")
         self.network.form.addRow("Semi-supervised", self.unlabeled)
-        advanced = QCollapsible("Advanced")
+        advanced = Section("Advanced")
         advanced.addWidget(self.network)
 
         form = QFormLayout()
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow("Image", self.image)
-        form.addRow("Classes", row(self.classes, self.new_labels))
-        form.addRow("", self.class_hint)
-        form.addRow("Labels", self.labels)
+        form.addRow("Classes", self.classes)
+        form.addRow(self.class_hint)
+        form.addRow("Labels", row(self.labels, self.new_labels))
         form.addRow("Start from", self.init)
         form.addRow("Data type", self.preset)
         inner = QVBoxLayout(self.inputs)
@@ -121,6 +120,7 @@ class FinetuneWidget(QWidget):
 
         self.panel = RunPanel(self.status, "Start fine-tuning")
         lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 4, 0, 4)  # inside a Section: its indent is margin enough
         lay.addWidget(hint("Paint a few strokes of every class on one or two slices — background "
                            "included — then Start. Label 0 means 'not annotated' and is ignored. "
                            "Strokes train with a recipe made for them, which ends by itself once the "

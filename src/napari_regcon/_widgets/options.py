@@ -5,22 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QLineEdit, QSpinBox, QWidget
+from qtpy.QtWidgets import QDoubleSpinBox, QFormLayout, QLineEdit, QSpinBox, QWidget
 
 from napari_regcon.core.errors import RegconError
 
 from .common import hint
+from .fitting import Combo
 from .layers import guess_channel_axis, layer_array
 from .presets import PRESETS, ModelChoice, ModelFields, Preset
 
 __all__ = ["PRESETS", "ChannelAxisCombo", "NetworkOptions", "Preset", "TrainOptions"]
 
 
-class ChannelAxisCombo(QComboBox):
+class ChannelAxisCombo(Combo):
     """``auto`` (guessed from the layer), ``none`` or an axis number."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
+        super().__init__(parent, whole=True)
         self.addItems(["auto", "none", "0", "1", "2", "3"])
         self.setToolTip("Axis of the image layer that holds channels (auto: colour axis of RGB images, "
                         "the small leading axis of 4D images)")
@@ -57,10 +58,10 @@ class TrainOptions(QWidget):
         self.choice = ModelChoice(pretrain=pretrain)
         self._shown: int | None = None  # the preset whose steps and batch size the fields hold
         self._own_network: tuple[int, int] | None = None  # the user's width and depth while a model fixes them
-        self.preset = QComboBox()
+        self.preset = Combo(whole=True)
         self.preset.addItems([p.label for p in PRESETS])
         self.preset.setToolTip("The kind of data: sets Model, Patch size, Steps and Batch size to what suits it")
-        self.ndim = QComboBox()
+        self.ndim = Combo(whole=True)
         self.ndim.addItems(["2D (slice by slice)", "3D (volume)"])
         self.locked_note = hint("")
         self.locked_note.setVisible(False)

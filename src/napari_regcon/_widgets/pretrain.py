@@ -9,8 +9,7 @@ from typing import Any
 
 from napari.utils.notifications import show_info
 from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QLineEdit, QVBoxLayout, QWidget
-from superqt import QCollapsible
+from qtpy.QtWidgets import QFormLayout, QLabel, QLineEdit, QVBoxLayout, QWidget
 
 from napari_regcon.core.bundle import as_bundle
 from napari_regcon.core.device import describe_device, get_device
@@ -19,6 +18,7 @@ from napari_regcon.core.options import PretrainOptions, parse_params
 from napari_regcon.core.pretext import PRETEXTS, with_voxel_size
 
 from .common import LayerChecklist, ModelPicker, hint, warn_thin_isotropic
+from .fitting import Combo, Section
 from .jobs import cpu_threads, pretrain_updates
 from .layers import layer_array, output_geometry
 from .options import PRESETS, NetworkOptions, TrainOptions
@@ -63,22 +63,22 @@ class PretrainWidget(QWidget):
         self.options = TrainOptions(self.network, pretrain=True)
         self.preset = self.options.preset
         self.preset_hint = hint("")
-        self.method = QComboBox()
+        self.method = Combo(whole=True)
         self.method_hint = hint("")
         self.method_params = QLineEdit()
         self.method_params.setPlaceholderText("e.g. ratio=0.6, patch=16")
         self._suggested = ""
         self.network.form.addRow("Method parameters", self.method_params)
-        advanced = QCollapsible("Advanced")
+        advanced = Section("Advanced")
         advanced.addWidget(self.network)
 
         form = QFormLayout()
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow("Unlabeled images", self.images)
         form.addRow("Data type", self.preset)
-        form.addRow("", self.preset_hint)
+        form.addRow(self.preset_hint)
         form.addRow("Method", self.method)
-        form.addRow("", self.method_hint)
+        form.addRow(self.method_hint)
         inner = QVBoxLayout(self.inputs)
         inner.setContentsMargins(0, 0, 0, 0)
         inner.addLayout(form)
@@ -91,6 +91,7 @@ class PretrainWidget(QWidget):
         self.saver = ModelPicker(self.session, ("pretrained",))
         self.saver.setToolTip("The pretrained model: it appears in Fine-tune under 'Start from'")
         lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 4, 0, 4)  # inside a Section: its indent is margin enough
         lay.addWidget(hint("Optional. Learns what your images look like without any labels, so that "
                            "fine-tuning needs fewer painted pixels. Pick the images, the method, and Start."))
         lay.addWidget(self.inputs)
