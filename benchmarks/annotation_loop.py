@@ -5,7 +5,7 @@ long; see scribbles.py) on the planes it annotates. Round 0: about ``--first`` o
 painted, split over the classes. Each later round it looks at the current prediction of those
 planes and paints strokes (``--per-round`` of a plane) into the largest regions where each class
 was missed, then the arm trains again: a network continues from its current model (the widget's
-"Fine-tune again from the current model"), the random forest refits on all strokes. Every round
+"Fine-tune again"), the random forest refits on all strokes. Every round
 records the Dice of held-out planes, the painted pixels and the round's wall time (training +
 predicting the painted planes, what the user waits for).
 
@@ -130,7 +130,7 @@ def correction_strokes(truth: np.ndarray, pred: np.ndarray, labels: np.ndarray, 
     A stroke starts at the centre of an error region (its distance-transform maximum), follows
     the region's skeleton and is clipped to the true class and to pixels the annotator has not
     painted, as a person painting over a wrong blob would. With ``accept`` the annotator first
-    accepts the prediction into the unpainted pixels ("Accept prediction for this slice") and
+    accepts the prediction into the unpainted pixels ("Accept this slice's prediction") and
     then paints over what is wrong in it. Returns the new labels of the plane; ``painted`` (the
     pixels the annotator's brush touched) is updated in place.
     """

@@ -113,7 +113,9 @@ def main() -> None:
     ft.options.steps.setValue(args.finetune_steps)
     viewer.dims.set_current_step(0, 4)  # look at a slice without labels
     ft.panel.start_button.click()
-    spin(3600, until=lambda: ft.status.step >= args.finetune_steps * 0.6)
+    # mid-run, once the preview shows something; a strokes run may end by itself before 60 % of its steps
+    spin(3600, until=lambda: (ft.status.step >= args.finetune_steps * 0.3 and ft.preview_layer is not None)
+         or (ft.status.state == RunState.IDLE and not ft.runner.running))
     shot("4_finetune_preview")
     wait_idle(ft)
     ft.preview_layer.visible = False

@@ -88,3 +88,87 @@ def paint_stroke(qtbot: Any, viewer: Any, layer: Any, start: tuple[float, float]
         qtbot.wait(5)
     QTest.mouseRelease(canvas, left, none, pixel(*end))
     qtbot.wait(20)
+
+
+def _shown_in(widget: Any, body: Any) -> bool:
+    """True when ``widget`` is shown in ``body``: visible, and not inside a closed section (height 0)."""
+    if not widget.isVisibleTo(body):
+        return False
+    anc = widget
+    while anc is not None and anc is not body:
+        if anc.height() == 0:
+            return False
+        anc = anc.parentWidget()
+    return True
+
+
+def _cut_by_parents(widget: Any, body: Any) -> str:
+    """Which ancestor (up to ``body``) cuts ``widget``'s rectangle, if any."""
+    from qtpy.QtCore import QRect
+
+    anc = widget.parentWidget()
+    while anc is not None:
+        rect = QRect(widget.mapTo(anc, widget.rect().topLeft()), widget.size())
+        if not anc.rect().contains(rect):
+            return f"cut by its {type(anc).__name__} ({rect} in {anc.rect()})"
+        if anc is body:
+            break
+        anc = anc.parentWidget()
+    return ""
+
+
+def clipped_texts(dock: Any) -> list[str]:
+    """Every text the dock widget shows cut, as "what: why" lines (empty when all fits).
+
+    Checked by geometry: the form is no wider than the dock; a word-wrapped label is as tall as its
+    text needs at its width (``heightForWidth``) and any other label as wide as its text; a button or
+    check box is at least its size hint (its whole text); a combo box's painted text fits its field (a
+    longer one elided, in full in the tooltip); a line edit's text or placeholder fits; and no
+    parent cuts any of them (e.g. a section capped at an older height).
+    """
+    from qtpy.QtWidgets import QAbstractButton, QComboBox, QLabel, QLineEdit
+
+    from napari_regcon._widgets.fitting import Combo
+
+    body, problems = dock.widget(), []
+    if body.width() > dock.viewport().width():
+        problems.append(f"the form is {body.width()} px wide in a {dock.viewport().width()} px dock")
+    for w in body.findChildren((QLabel, QAbstractButton, QComboBox, QLineEdit)):
+        if not _shown_in(w, body):
+            continue
+        text = w.currentText() if isinstance(w, QComboBox) else (w.text() or getattr(w, "placeholderText", str)())
+        if not text:
+            continue
+        what, why = f"{type(w).__name__} {text[:50]!r}", ""
+        if isinstance(w, QLabel):
+            if w.wordWrap() and w.heightForWidth(w.width()) > w.height():
+                why = f"needs {w.heightForWidth(w.width())} px of height at width {w.width()}, has {w.height()}"
+            elif not w.wordWrap() and w.sizeHint().width() > w.width():
+                why = f"needs {w.sizeHint().width()} px of width, has {w.width()}"
+        elif isinstance(w, QAbstractButton):
+            if w.sizeHint().width() > w.width() or w.sizeHint().height() > w.height():
+                why = f"needs {w.sizeHint()}, has {w.size()}"
+        elif isinstance(w, Combo):
+            shown = w.shown_text()
+            if w.fontMetrics().horizontalAdvance(shown) > w.text_width():
+                why = f"shows {shown!r} in {w.text_width()} px"
+            elif shown != text and not w.full_text_tip().startswith(text):
+                why = f"elided to {shown!r} without the full text as tooltip"
+        elif isinstance(w, QComboBox):
+            why = "a plain QComboBox (cuts a long text): use fitting.Combo"
+        elif w.fontMetrics().horizontalAdvance(text) > w.contentsRect().width() - 8:
+            why = f"needs {w.fontMetrics().horizontalAdvance(text)} px, has {w.contentsRect().width() - 8}"
+        why = why or _cut_by_parents(w, body)
+        if why:
+            problems.append(f"{what}: {why}")
+    return problems
+
+
+def in_view(dock: Any, widget: Any) -> bool:
+    """True when ``widget`` is wholly inside the visible part of the scrolling dock."""
+    from qtpy.QtCore import QRect
+
+    body = dock.widget()
+    rect = QRect(widget.mapTo(body, widget.rect().topLeft()), widget.size())
+    visible = QRect(0, dock.verticalScrollBar().value(), dock.viewport().width(), dock.viewport().height())
+    return visible.contains(rect)

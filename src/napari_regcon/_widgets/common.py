@@ -9,7 +9,6 @@ from typing import Any
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
-    QComboBox,
     QFileDialog,
     QHBoxLayout,
     QLabel,
@@ -24,6 +23,7 @@ from napari_regcon.core.bundle import as_bundle
 from napari_regcon.core.checkpoint import load_bundle, save_bundle
 from napari_regcon.core.errors import RegconError
 
+from .fitting import Combo
 from .layers import thin_isotropic_stack, unwrap
 from .state import ModelEntry, Session
 
@@ -83,7 +83,7 @@ class _LayerWatcher:
         raise NotImplementedError
 
 
-class LayerCombo(QComboBox, _LayerWatcher):
+class LayerCombo(Combo, _LayerWatcher):
     """A combo box of the viewer's layers of some kinds (e.g. ``("image",)``), kept up to date."""
 
     layer_changed = Signal(object)
@@ -173,9 +173,7 @@ class ModelPicker(QWidget):
         super().__init__(parent)
         self.session, self._kinds, self._none = session, kinds, none_text
         self._entries: list[ModelEntry | None] = []
-        self.combo = QComboBox()
-        self.combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        self.combo.setMinimumContentsLength(8)
+        self.combo = Combo()
         self.combo.setPlaceholderText("none yet")
         self.load_button = QPushButton("Load…")
         self.load_button.setToolTip("Load a model bundle (.pt) saved earlier")

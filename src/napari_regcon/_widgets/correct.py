@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QCheckBox, QFormLayout, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFormLayout, QPushButton, QVBoxLayout, QWidget
 
 from .common import LayerCombo, hint
+from .fitting import WrapCheckBox
 from .layers import fill_labels, plane_index
 from .state import Session
 
@@ -31,18 +32,22 @@ class CorrectWidget(QWidget):
         self.labels.setToolTip("Your training labels (the layer you painted)")
         self.prediction = LayerCombo(viewer, ("labels",))
         self.prediction.setToolTip("A prediction layer made in step 3 (you may paint corrections on it)")
-        self.overwrite = QCheckBox("Also replace pixels I labelled myself")
+        self.overwrite = WrapCheckBox("Also replace pixels I labelled myself")
         self.overwrite.setToolTip("Off: only pixels that are 0 (not annotated) in your labels are filled")
-        self.accept_slice = QPushButton("Accept prediction for this slice into labels")
-        self.copy_corrections = QPushButton("Copy my corrections into labels")
+        self.accept_slice = QPushButton("Accept this slice's prediction")
+        self.accept_slice.setToolTip("Copy the prediction of the slice in view into your training labels "
+                                     "(only where they are 0 unless the box above is ticked)")
+        self.copy_corrections = QPushButton("Copy my corrections")
         self.copy_corrections.setToolTip("Pixels you repainted on the prediction layer go into the training labels")
-        self.retrain_button = QPushButton("Fine-tune again from the current model")
+        self.retrain_button = QPushButton("Fine-tune again")
+        self.retrain_button.setToolTip("Train step 2 again, from the current model, on the training labels")
 
         form = QFormLayout()
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow("Training labels", self.labels)
         form.addRow("Prediction", self.prediction)
         lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 4, 0, 4)  # inside a Section: its indent is margin enough
         lay.addWidget(hint("Membranes, cells: accept this slice's prediction, paint the right class over "
                            "its largest wrong regions, train again. Thin, sparse objects (vessels): paint "
                            "strokes over the misses instead. Ctrl-Z undoes an accept or a copy."))
@@ -97,7 +102,7 @@ class CorrectWidget(QWidget):
         original = pred.metadata.get("regcon_original")
         if original is None or original.shape != pred.data.shape:
             show_error(f"'{pred.name}' was not predicted in this session, so its corrections cannot be told "
-                       "apart; use 'Accept prediction for this slice' instead.")
+                       "apart; use 'Accept this slice's prediction' instead.")
             return 0
         changed = np.asarray(pred.data) != original
         n = fill_labels(lab, np.asarray(pred.data), changed, self.overwrite.isChecked())

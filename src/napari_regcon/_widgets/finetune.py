@@ -9,21 +9,19 @@ import numpy as np
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
     QFormLayout,
     QLineEdit,
     QPushButton,
     QVBoxLayout,
     QWidget,
 )
-from superqt import QCollapsible
 
 from napari_regcon.core.bundle import as_bundle
 from napari_regcon.core.errors import RegconError
 from napari_regcon.core.options import FinetuneOptions
 
 from .common import LayerChecklist, LayerCombo, ModelPicker, hint, row, warn_thin_isotropic
+from .fitting import Section, WrapCheckBox
 from .jobs import FinetuneParams, finetune_updates
 from .layers import (
     class_names_of,
@@ -38,7 +36,7 @@ from .layers import (
     unwrap,
     voxel_size_of,
 )
-from .options import PRESETS, NetworkOptions, TrainOptions
+from .options import NetworkOptions, TrainOptions
 from .progress import RunPanel
 from .runner import Runner
 from .state import ModelEntry, PlaneTracker, RunState, RunStatus, Session
@@ -85,7 +83,7 @@ class FinetuneWidget(QWidget):
 
         self.inputs = QWidget()
         self.image = LayerCombo(viewer, ("image",))
-        self.labels = LayerCombo(viewer, ("labels",), none_text="(none: create one below)")
+        self.labels = LayerCombo(viewer, ("labels",), none_text="(none yet)")
         self.classes = QLineEdit("background, foreground")
         self.classes.setToolTip("Class names, in label order: the first is label 1, the second label 2, …")
         self.new_labels = QPushButton("New labels layer")
@@ -93,26 +91,25 @@ class FinetuneWidget(QWidget):
         self.class_hint = hint("")
         self.init = ModelPicker(self.session, ("pretrained", "segmentation"),
                                 none_text="random initialisation (no pretraining)")
-        self.preset = QComboBox()
-        self.preset.addItems([p.label for p in PRESETS])
-        self.options = TrainOptions()
-        self.preview = QCheckBox(PREVIEW_TEXT)
+        self.network = NetworkOptions()
+        self.options = TrainOptions(self.network)
+        self.preset = self.options.preset
+        self.preview = WrapCheckBox(PREVIEW_TEXT)
         self.preview.setToolTip(PREVIEW_TIP)
         self.preview.setChecked(True)
-        self.network = NetworkOptions()
         self.unlabeled = LayerChecklist(viewer, ("image",))
         self.unlabeled.setToolTip("Optional unlabeled images: fine-tuning also learns from them (semi-supervised: two networks "
                                   "teach each other; a step costs about 8 supervised ones on a CPU)")
         self.network.form.addRow("Semi-supervised", self.unlabeled)
-        advanced = QCollapsible("Advanced")
+        advanced = Section("Advanced")
         advanced.addWidget(self.network)
 
         form = QFormLayout()
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow("Image", self.image)
-        form.addRow("Classes", row(self.classes, self.new_labels))
-        form.addRow("", self.class_hint)
-        form.addRow("Labels", self.labels)
+        form.addRow("Classes", self.classes)
+        form.addRow(self.class_hint)
+        form.addRow("Labels", row(self.labels, self.new_labels))
         form.addRow("Start from", self.init)
         form.addRow("Data type", self.preset)
         inner = QVBoxLayout(self.inputs)
@@ -124,6 +121,7 @@ class FinetuneWidget(QWidget):
 
         self.panel = RunPanel(self.status, "Start fine-tuning")
         lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 4, 0, 4)  # inside a Section: its indent is margin enough
         lay.addWidget(hint("Paint a few strokes of every class on one or two slices — background "
                            "included — then Start. Label 0 means 'not annotated' and is ignored. "
                            "Strokes train with a recipe made for them, which ends by itself once the "
@@ -133,12 +131,10 @@ class FinetuneWidget(QWidget):
 
         self.classes.textChanged.connect(self._on_classes)
         self.new_labels.clicked.connect(self.create_labels_layer)
-        self.preset.currentIndexChanged.connect(self._on_preset)
         self.init.changed.connect(self._on_init)
         self.status.events.state.connect(self._on_state)
         self.session.retrain_requested.connect(self.retrain)
         self.runner = Runner(self.status, self.session, self._prepare, self._on_update, "fine-tuning")
-        self._on_preset(0)
         self._on_classes()
         self._on_init()
 
@@ -149,22 +145,10 @@ class FinetuneWidget(QWidget):
         self.class_hint.setText(f"Brush values: {listed}; 0 = not annotated (ignored). "
                                 "Paint the background as a class of its own.")
 
-    def _on_preset(self, index: int) -> None:
-        self.options.apply_preset(PRESETS[index], pretrain=False)
-        self._on_init()
-
     def _on_init(self) -> None:
+        """A *Start from* model fixes the data type, Model, width and depth; the form shows them."""
         entry = self.init.current()
-        fixed = entry is not None
-        if fixed:
-            ndim = entry.info.model.ndim
-            self.options.ndim.setCurrentIndex(0 if ndim == 2 else 1)
-            patch = entry.info.data.patch_size
-            if patch:
-                self.options.patch.setText(",".join(str(p) for p in patch) if ndim == 3 else str(patch[-1]))
-        self.options.ndim.setEnabled(not fixed)
-        self.network.base.setEnabled(not fixed)
-        self.network.depth.setEnabled(not fixed)
+        self.options.set_start(entry.bundle if entry is not None else None)
 
     def _on_state(self, state: RunState) -> None:
         self.inputs.setEnabled(state == RunState.IDLE)
@@ -214,7 +198,7 @@ class FinetuneWidget(QWidget):
                               f"'{img.name}' has spatial shape {want}; use 'New labels layer' to make a matching one.")
         names = class_names_of(lab) or parse_class_names(self.classes.text())
         entry = self.init.current()
-        if (as_bundle(entry.bundle).model.ndim if entry else self.options.values()["ndim"]) == 3:
+        if self.options.values()["ndim"] == 3:  # the chosen model's, when there is one
             warn_thin_isotropic(self.session, [img], channel_axis)
         options = FinetuneOptions(channel_axis=channel_axis, voxel_size=voxel_size_of(img, channel_axis),
                                   **self.options.values(), **self.network.values())

@@ -5,17 +5,27 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QComboBox, QFormLayout, QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
-from superqt import QCollapsible
+from qtpy.QtCore import QEvent, Qt, QTimer
+from qtpy.QtWidgets import (
+    QApplication,
+    QFormLayout,
+    QFrame,
+    QLabel,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
 
 from .common import hint
 from .correct import CorrectWidget
 from .finetune import FinetuneWidget
+from .fitting import Section
 from .jobs import warm_up
 from .predict import PredictWidget
 from .pretrain import PretrainWidget
 from .state import RunState, Session
+
+LAYOUT_REQUEST = getattr(QEvent.Type.LayoutRequest, "value", QEvent.Type.LayoutRequest)
 
 
 class RegconWidget(QScrollArea):
@@ -29,18 +39,18 @@ class RegconWidget(QScrollArea):
         self.finetune = FinetuneWidget(napari_viewer, self.session)
         self.predict = PredictWidget(napari_viewer, self.session)
         self.correct = CorrectWidget(napari_viewer, self.session)
-        titles = ["1  Pretrain on unlabeled images (optional)", "2  Paint labels and fine-tune",
-                  "3  Predict", "4  Correct and retrain"]
+        titles = ["1  Pretrain (optional)", "2  Paint and fine-tune", "3  Predict", "4  Correct and retrain"]
         steps = [self.pretrain, self.finetune, self.predict, self.correct]
-        self.sections: list[QCollapsible] = []
+        self.sections: list[Section] = []
         body = QWidget()
         lay = QVBoxLayout(body)
         title = QLabel("<b>Label-efficient segmentation</b>")
+        title.setWordWrap(True)
         lay.addWidget(title)
         lay.addWidget(hint("Work through the steps from top to bottom. Training runs in the background: "
                            "you can keep browsing and painting while it runs."))
         for text, widget in zip(titles, steps):
-            section = QCollapsible(text)
+            section = Section(text)
             section.addWidget(widget)
             lay.addWidget(section)
             self.sections.append(section)
@@ -49,13 +59,10 @@ class RegconWidget(QScrollArea):
         self.setWidgetResizable(True)
         self.setFrameShape(QFrame.Shape.NoFrame)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.setMinimumWidth(380)
+        self._fit_font()
         for i in (0, 1):
             self.sections[i].expand(animate=False)
-        # a narrow dock must not cut the form: combo boxes shrink and elide their text
-        for combo in body.findChildren(QComboBox):
-            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-            combo.setMinimumContentsLength(8)
+        # a narrow dock must not cut the form: combo boxes elide (fitting.Combo), long rows wrap
         for form in body.findChildren(QFormLayout):
             form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
 
@@ -68,11 +75,40 @@ class RegconWidget(QScrollArea):
                                                             self.predict.runner]))
         threading.Thread(target=warm_up, name="napari-regcon warm-up", daemon=True).start()
 
-    def _open(self, index: int) -> None:
+    def _fit_font(self) -> None:
+        """The dock is at least ~46 characters wide (380 px at napari's default font), so that a larger
+        font does not squeeze the form."""
+        self.setMinimumWidth(max(380, 46 * self.fontMetrics().averageCharWidth()))
+
+    def changeEvent(self, e: Any) -> None:
+        if e.type() == QEvent.Type.FontChange:
+            self._fit_font()
+        super().changeEvent(e)
+
+    def _open(self, index: int, after: QWidget | None = None) -> None:
+        """Open a section and scroll it into view once the layout has its new height (``after``: a
+        widget above it that should stay in view too when there is room, e.g. a result)."""
         section = self.sections[index]
         if not section.isExpanded():
             section.expand(animate=False)
-        self.ensureWidgetVisible(section)
+        QTimer.singleShot(0, lambda: self.reveal(section, after))
+
+    def reveal(self, widget: QWidget, after: QWidget | None = None) -> None:
+        """Scroll as little as possible so that ``widget`` is wholly in view (from ``after``'s top when
+        that fits too); a widget taller than the dock shows its top."""
+        for _ in range(4):  # the pending layout passes, inner to outer: the dock's height after the change
+            QApplication.sendPostedEvents(None, LAYOUT_REQUEST)
+        body, bar, height = self.widget(), self.verticalScrollBar(), self.viewport().height()
+        top = widget.mapTo(body, widget.rect().topLeft()).y()
+        bottom = top + widget.height()
+        if after is not None:
+            first = after.mapTo(body, after.rect().topLeft()).y()
+            if bottom - first <= height:
+                top = first
+        if bottom - top > height:
+            bar.setValue(top)
+        else:
+            bar.setValue(min(max(bar.value(), bottom - height), top))
 
     def _after_predict(self) -> None:
         layer = self.predict.last_prediction
@@ -81,7 +117,7 @@ class RegconWidget(QScrollArea):
             lab = self.finetune.labels.layer()
             if lab is not None:
                 self.correct.labels.set_layer(lab)
-        self._open(3)
+        self._open(3, after=self.predict.panel)  # the result's status line, and the next step
 
     def _on_busy(self, busy: bool) -> None:
         """One run at a time: the other sections cannot start while one runs."""

@@ -1,51 +1,27 @@
-"""Form pieces shared by the training sections: data-type presets, training and network options."""
+"""Form pieces shared by the training sections: training options (with the data type) and network options."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QLineEdit, QSpinBox, QWidget
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QDoubleSpinBox, QFormLayout, QLineEdit, QSpinBox, QWidget
 
 from napari_regcon.core.errors import RegconError
 
+from .common import hint
+from .fitting import Combo
 from .layers import guess_channel_axis, layer_array
+from .presets import PRESETS, ModelChoice, ModelFields, Preset
+
+__all__ = ["PRESETS", "ChannelAxisCombo", "NetworkOptions", "Preset", "TrainOptions"]
 
 
-@dataclass(frozen=True)
-class Preset:
-    """Sensible defaults for one kind of data."""
-
-    label: str
-    ndim: int
-    patch: str
-    batch: int
-    pretrain_steps: int
-    finetune_steps: int
-    hint: str
-    method_params: tuple[tuple[str, str], ...] = ()
-
-    def params_for(self, method: str) -> str:
-        """Suggested extra parameters of a pretext method for this kind of data ("" if none)."""
-        return dict(self.method_params).get(method, "")
-
-
-PRESETS = (
-    Preset("Electron microscopy (2D slices)", 2, "128", 8, 500, 400,
-           "EM stacks are anisotropic (z step >> pixel size): a 2D model on each slice works best."),
-    Preset("Two-photon / 3D volume", 3, "16,64,64", 2, 200, 200,
-           "Two-photon stacks are volumes: a 3D model with flat 16x64x64 (z, y, x) patches (cut to the "
-           "stack when it has fewer planes); "
-           "masked image modelling hides bright structures (vessels, cells) more often.",
-           (("mim", "mask=intensity"),)),
-)
-
-
-class ChannelAxisCombo(QComboBox):
+class ChannelAxisCombo(Combo):
     """``auto`` (guessed from the layer), ``none`` or an axis number."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
+        super().__init__(parent, whole=True)
         self.addItems(["auto", "none", "0", "1", "2", "3"])
         self.setToolTip("Axis of the image layer that holds channels (auto: colour axis of RGB images, "
                         "the small leading axis of 4D images)")
@@ -66,12 +42,29 @@ class ChannelAxisCombo(QComboBox):
 
 
 class TrainOptions(QWidget):
-    """Model type (2D/3D), patch size, steps and batch size: the settings most users touch."""
+    """Data type, Model (2D/3D), patch size, steps and batch size: the settings most users touch.
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    The data type, Model, patch and the network's width and depth follow one rule
+    (:func:`~.presets.model_fields`) of two choices: the data type and the *Start from* model
+    (:meth:`set_start`). This widget renders what the rule gives, and says why fields are locked.
+    The section places :attr:`preset` (the Data type combo) in its own form.
+    """
+
+    preset_shown = Signal(int)  # the index of the data type shown, after every change of it or of the fields
+
+    def __init__(self, network: NetworkOptions, pretrain: bool = False, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.ndim = QComboBox()
+        self.network = network
+        self.choice = ModelChoice(pretrain=pretrain)
+        self._shown: int | None = None  # the preset whose steps and batch size the fields hold
+        self._own_network: tuple[int, int] | None = None  # the user's width and depth while a model fixes them
+        self.preset = Combo(whole=True)
+        self.preset.addItems([p.label for p in PRESETS])
+        self.preset.setToolTip("The kind of data: sets Model, Patch size, Steps and Batch size to what suits it")
+        self.ndim = Combo(whole=True)
         self.ndim.addItems(["2D (slice by slice)", "3D (volume)"])
+        self.locked_note = hint("")
+        self.locked_note.setVisible(False)
         self.patch = QLineEdit()
         self.patch.setToolTip("Side of the square training patch (e.g. 128), or z,y,x for 3D (e.g. 16,64,64)")
         self.steps = QSpinBox()
@@ -83,16 +76,62 @@ class TrainOptions(QWidget):
         self.batch.setToolTip("Patches per step")
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
+        form.addRow(self.locked_note)
         form.addRow("Model", self.ndim)
         form.addRow("Patch size", self.patch)
         form.addRow("Steps", self.steps)
         form.addRow("Batch size", self.batch)
+        self.preset.currentIndexChanged.connect(self._on_preset)
+        self.ndim.currentIndexChanged.connect(self._on_ndim)
+        self.render()
 
-    def apply_preset(self, preset: Preset, pretrain: bool) -> None:
-        self.ndim.setCurrentIndex(0 if preset.ndim == 2 else 1)
-        self.patch.setText(preset.patch)
-        self.steps.setValue(preset.pretrain_steps if pretrain else preset.finetune_steps)
-        self.batch.setValue(preset.batch)
+    def set_start(self, bundle: Any) -> None:
+        """The *Start from* bundle (None: random initialisation) changed: show what it implies."""
+        if bundle is not self.choice.start:
+            self.choice.start = bundle
+            self.render()
+
+    def _on_preset(self, index: int) -> None:
+        self.choice.preset = index
+        self.render()
+
+    def _on_ndim(self, index: int) -> None:
+        self.choice.choose_ndim(2 if index == 0 else 3)
+        self.render()
+
+    def render(self) -> ModelFields:
+        """Show the fields derived from the choices; steps and batch size only when the data type changes."""
+        f = self.choice.fields()
+        for combo, index in ((self.preset, f.preset), (self.ndim, 0 if f.ndim == 2 else 1)):
+            combo.blockSignals(True)
+            combo.setCurrentIndex(index)
+            combo.blockSignals(False)
+            combo.setEnabled(not f.locked)
+        self.patch.setText(f.patch)
+        if f.preset != self._shown:
+            self.steps.setValue(f.steps)
+            self.batch.setValue(f.batch)
+            self._shown = f.preset
+        self._render_network(f)
+        self.locked_note.setText(f.reason)
+        self.locked_note.setVisible(f.locked)
+        self.preset_shown.emit(f.preset)
+        return f
+
+    def _render_network(self, f: ModelFields) -> None:
+        """A chosen model shows its width and depth (locked); random initialisation gives the user's back."""
+        net = self.network
+        if f.base is not None and f.depth is not None:
+            if self._own_network is None:
+                self._own_network = (net.base.value(), net.depth.value())
+            net.base.setValue(f.base)
+            net.depth.setValue(f.depth)
+        elif self._own_network is not None:
+            net.base.setValue(self._own_network[0])
+            net.depth.setValue(self._own_network[1])
+            self._own_network = None
+        net.base.setEnabled(not f.locked)
+        net.depth.setEnabled(not f.locked)
 
     def values(self) -> dict[str, Any]:
         return {"ndim": 2 if self.ndim.currentIndex() == 0 else 3, "patch_size": self.patch.text().strip() or None,

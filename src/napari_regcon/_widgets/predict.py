@@ -10,19 +10,18 @@ from napari.utils.notifications import show_info
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
-    QComboBox,
     QFormLayout,
     QLineEdit,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
-from superqt import QCollapsible
 
 from napari_regcon.core.errors import RegconError
 from napari_regcon.core.predict import PredictOptions
 
 from .common import LayerCombo, ModelPicker, hint, row
+from .fitting import Combo, Section, WrapCheckBox
 from .jobs import predict_updates
 from .layers import labels_kwargs, layer_array, output_geometry, to_layer_data, unwrap
 from .options import ChannelAxisCombo
@@ -53,7 +52,7 @@ class PredictWidget(QWidget):
         self.probabilities = QCheckBox("Probability layer")
         self.uncertainty = QCheckBox("Uncertainty layer")
         self.uncertainty.setToolTip("Shows where the model is least sure: correct those places first")
-        self.uncertainty_kind = QComboBox()
+        self.uncertainty_kind = Combo()
         for key, text in UNCERTAINTY.items():
             self.uncertainty_kind.addItem(text, key)
         self.min_size = QSpinBox()
@@ -61,7 +60,7 @@ class PredictWidget(QWidget):
         self.min_size.setSuffix(" px")
         self.min_size.setSpecialValueText("off")
         self.min_size.setToolTip("Regions smaller than this are given the class around them (0 = off)")
-        self.crf = QCheckBox("CRF refinement (smooths along edges; slower)")
+        self.crf = WrapCheckBox("CRF refinement (smooths along edges; slower)")
         self.crf.setToolTip("A fully connected CRF (GLRP's post-processing): neighbouring pixels of similar grey value "
                             "take the same class. For compact objects (cells, mitochondria, vessels); it erases thin "
                             "structures such as membranes (ISBI membranes: Dice 0.79 -> 0.63).")
@@ -73,7 +72,7 @@ class PredictWidget(QWidget):
         adv_form.setContentsMargins(0, 0, 0, 0)
         adv_form.addRow("Tile size", self.tile)
         adv_form.addRow("Channel axis", self.channel_axis)
-        advanced = QCollapsible("Advanced")
+        advanced = Section("Advanced")
         advanced.addWidget(adv)
 
         form = QFormLayout()
@@ -91,6 +90,7 @@ class PredictWidget(QWidget):
 
         self.panel = RunPanel(self.status, "Predict", with_plot=False)
         lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 4, 0, 4)  # inside a Section: its indent is margin enough
         lay.addWidget(hint("Segments the whole image tile by tile in the background into a new labels layer "
                            "with the same class values as your training labels."))
         lay.addWidget(self.inputs)

@@ -9,8 +9,7 @@ from typing import Any
 
 from napari.utils.notifications import show_info
 from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QLineEdit, QVBoxLayout, QWidget
-from superqt import QCollapsible
+from qtpy.QtWidgets import QFormLayout, QLabel, QLineEdit, QVBoxLayout, QWidget
 
 from napari_regcon.core.bundle import as_bundle
 from napari_regcon.core.device import describe_device, get_device
@@ -19,6 +18,7 @@ from napari_regcon.core.options import PretrainOptions, parse_params
 from napari_regcon.core.pretext import PRETEXTS, with_voxel_size
 
 from .common import LayerChecklist, ModelPicker, hint, warn_thin_isotropic
+from .fitting import Combo, Section
 from .jobs import cpu_threads, pretrain_updates
 from .layers import layer_array, voxel_size_of
 from .options import PRESETS, NetworkOptions, TrainOptions
@@ -59,27 +59,26 @@ class PretrainWidget(QWidget):
         self.inputs = QWidget()
         self.images = LayerChecklist(viewer, ("image",), check_new=True)
         self.images.setToolTip("Unlabeled images to learn from (no labels needed); tick one or more")
-        self.preset = QComboBox()
-        self.preset.addItems([p.label for p in PRESETS])
-        self.preset_hint = hint("")
-        self.method = QComboBox()
-        self.method_hint = hint("")
-        self.options = TrainOptions()
         self.network = NetworkOptions()
+        self.options = TrainOptions(self.network, pretrain=True)
+        self.preset = self.options.preset
+        self.preset_hint = hint("")
+        self.method = Combo(whole=True)
+        self.method_hint = hint("")
         self.method_params = QLineEdit()
         self.method_params.setPlaceholderText("e.g. ratio=0.6, patch=16")
         self._suggested = ""
         self.network.form.addRow("Method parameters", self.method_params)
-        advanced = QCollapsible("Advanced")
+        advanced = Section("Advanced")
         advanced.addWidget(self.network)
 
         form = QFormLayout()
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow("Unlabeled images", self.images)
         form.addRow("Data type", self.preset)
-        form.addRow("", self.preset_hint)
+        form.addRow(self.preset_hint)
         form.addRow("Method", self.method)
-        form.addRow("", self.method_hint)
+        form.addRow(self.method_hint)
         inner = QVBoxLayout(self.inputs)
         inner.setContentsMargins(0, 0, 0, 0)
         inner.addLayout(form)
@@ -92,6 +91,7 @@ class PretrainWidget(QWidget):
         self.saver = ModelPicker(self.session, ("pretrained",))
         self.saver.setToolTip("The pretrained model: it appears in Fine-tune under 'Start from'")
         lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 4, 0, 4)  # inside a Section: its indent is margin enough
         lay.addWidget(hint("Optional. Learns what your images look like without any labels, so that "
                            "fine-tuning needs fewer painted pixels. Pick the images, the method, and Start."))
         lay.addWidget(self.inputs)
@@ -100,12 +100,12 @@ class PretrainWidget(QWidget):
         lay.addWidget(QLabel("Pretrained model"))
         lay.addWidget(self.saver)
 
-        self.preset.currentIndexChanged.connect(self._on_preset)
+        self.options.preset_shown.connect(self._on_preset)
         self.method.currentIndexChanged.connect(self._on_method)
         self.status.events.state.connect(lambda s: self.inputs.setEnabled(s == RunState.IDLE))
         self.runner = Runner(self.status, self.session, self._prepare, self._on_update, "pretraining")
         self.refresh_methods()
-        self._on_preset(0)
+        self._on_preset(self.preset.currentIndex())
 
     def refresh_methods(self) -> None:
         """List the pretext methods registered now (other methods may have been added)."""
@@ -127,9 +127,8 @@ class PretrainWidget(QWidget):
         super().showEvent(event)
 
     def _on_preset(self, index: int) -> None:
-        preset = PRESETS[index]
-        self.options.apply_preset(preset, pretrain=True)
-        self.preset_hint.setText(preset.hint)
+        """The data type shown changed (chosen, or following Model): its hint and method parameters."""
+        self.preset_hint.setText(PRESETS[index].hint)
         self._suggest_params()
 
     def _on_method(self, *_: Any) -> None:

@@ -59,11 +59,14 @@ class ModelEntry:
         return self.info.kind
 
     def describe(self) -> str:
-        """One line for a combo box: name, kind and classes."""
+        """One line for a combo box: name, kind and classes (the kind only when the name does not say it,
+        as the names the sections give do: "pretrained mim, 500 steps", "fine-tuned on em, 400 steps")."""
         info = self.info
+        said = self.name.split(" ", 1)[0] in ("pretrained", "fine-tuned", "retrained")
         if info.is_segmentation:
-            return f"{self.name} — segmentation ({', '.join(info.classes.names)})"
-        return f"{self.name} — pretrained ({info.pretext.method or '?'})"
+            classes = ", ".join(info.classes.names)
+            return f"{self.name} ({classes})" if said else f"{self.name} — segmentation ({classes})"
+        return self.name if said else f"{self.name} — pretrained ({info.pretext.method or '?'})"
 
 
 class Session:
