@@ -204,7 +204,7 @@ def test_failed_run_leaves_layers_as_they_were_and_preview_states_its_cadence(ma
     assert seen[-1][0] == ""  # and cleared
     prev = ft.preview_layer
     assert prev is not None and prev.data.any()
-    m = re.fullmatch(r"Live preview \(slice in view, every ~([\d.]+) s in the last run\)", ft.preview.text())
+    m = re.fullmatch(r"Live preview \(every ~([\d.]+) s in the last run\)", ft.preview.text())
     times = ft.preview_times  # when the run's previews (not the final one) were made
     assert m and len(times) >= 2, (ft.preview.text(), times)
     assert abs(float(m.group(1)) - float(np.median(np.diff(times)))) < 0.051

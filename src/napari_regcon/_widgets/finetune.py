@@ -63,7 +63,7 @@ def cadence_text(seconds: float | None, when: str) -> str:
     if seconds is None:
         return PREVIEW_TEXT
     n = f"{seconds:.1f}" if seconds < 10 else f"{seconds:.0f}"
-    return f"Live preview (slice in view, every ~{n} s in {when})"
+    return f"Live preview (every ~{n} s in {when})"
 
 
 class FinetuneWidget(QWidget):

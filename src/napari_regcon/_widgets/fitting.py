@@ -185,6 +185,7 @@ class WrapCheckBox(QWidget):
 
     def setText(self, text: str) -> None:
         self.label.setText(text)
+        self.updateGeometry()  # a text that now wraps onto another line asks its layout for the room
 
     def setToolTip(self, tip: str | None) -> None:
         super().setToolTip(tip)
