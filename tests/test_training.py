@@ -152,3 +152,16 @@ def test_prefetch_gives_the_same_run_and_resumes_alike(em_small, tiny, tmp_path)
     half_job.run(out=tmp_path / "half.pt", should_stop=stop)
     resumed = finetune_job(raw, labels, steps=8, seed=5, resume=load_bundle(tmp_path / "half.pt"), **tiny).run()
     np.testing.assert_allclose(resumed["history"]["loss"], plain["history"]["loss"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, kernel", [((2, 3, 8, 12), (2, 2)), ((1, 2, 4, 8, 6), (2, 2, 2)), ((1, 2, 3, 8, 8), (1, 2, 2))])
+def test_max_pool_without_autograd_equals_the_library_pool(shape, kernel) -> None:
+    from napari_regcon.core.models import max_pool
+
+    x = torch.randn(*shape)
+    ref = torch.nn.functional.max_pool2d(x, kernel) if len(kernel) == 2 else torch.nn.functional.max_pool3d(x, kernel)
+    with torch.inference_mode():
+        assert torch.equal(max_pool(x, kernel), ref)
+    xg = x.clone().requires_grad_()
+    max_pool(xg, kernel).sum().backward()  # training: the library's pool and its gradient
+    assert xg.grad is not None and int(xg.grad.sum()) == ref.numel()
