@@ -260,11 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arms", nargs="*", default=None, help="only these arms (names as in the table)")
     p.add_argument("--fresh", action="store_true", help="ignore results of a previous run")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 5 steps, tiny net (results not meaningful)")
+    p.add_argument("--name", default=None, help="results file name (default vessel_mim[_2d][_quick])")
     args = p.parse_args(argv)
     args.patch = args.patch or DEFAULT_PATCH[args.ndim]
     if args.quick:
         args.seeds, args.pretrain_steps, args.finetune_steps, args.base, args.depth = 1, 5, 5, 4, 2
-    name = NAME + ("_2d" if args.ndim == 2 else "") + ("_quick" if args.quick else "")
+    name = args.name or NAME + ("_2d" if args.ndim == 2 else "") + ("_quick" if args.quick else "")
     result = run(args, name)
     head, headers, rows = report(result)
     print(text_table(headers, rows))
