@@ -275,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arms", nargs="*", default=None, help="only these arms (names as in the table)")
     p.add_argument("--fresh", action="store_true", help="ignore results of a previous run")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 5 steps, tiny net (results not meaningful)")
+    p.add_argument("--name", default=None, help="results file name (default vessel_mim[_2d][_quick])")
     args = p.parse_args(argv)
     args.patch = args.patch or DEFAULT_PATCH[args.ndim]
     if args.quick:
@@ -284,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         name += "_" + "".join(c if c.isalnum() else "_" for c in args.recipe)
     if args.ndim == 3 and args.voxel_model:
         name += "_voxel"
+    name = args.name or name
     result = run(args, name)
     head, headers, rows = report(result)
     print(text_table(headers, rows))

@@ -93,6 +93,34 @@ def test_edge_aware_smoothness_pulls_boundaries_onto_intensity_edges() -> None:
     assert edge_aware_smoothness(logits3, vol).item() == pytest.approx(off_edge.item(), rel=1e-5)
 
 
+def _smoothness_by_unfold(logits: torch.Tensor, image: torch.Tensor, radius: int, dilation: int,
+                          sigma: float = 0.1) -> torch.Tensor:
+    """The definition of the edge-aware smoothness written out on an unfolded window (the slow form)."""
+    prob, inten = logits.float().softmax(1), image.float().mean(1, keepdim=True)
+    k, pad = 2 * radius + 1, radius * dilation
+    unfold = torch.nn.Unfold(kernel_size=k, dilation=dilation, padding=pad)
+    n, c, h, w = prob.shape
+    p_nb, i_nb = unfold(prob).view(n, c, k * k, h, w), unfold(inten).view(n, 1, k * k, h, w)
+    inside = unfold(torch.ones_like(inten)).view(n, 1, k * k, h, w)
+    weight = torch.exp(-((i_nb - inten.unsqueeze(2)) ** 2) / (2 * sigma ** 2)) * inside
+    agree = (p_nb * prob.unsqueeze(2)).sum(1, keepdim=True)
+    return (weight * (1 - agree)).sum() / weight.sum().clamp_min(1.0)
+
+
+@pytest.mark.parametrize("shape, radius, dilation", [((2, 2, 20, 24), 2, 1), ((1, 3, 9, 7), 1, 2), ((1, 2, 3, 40), 2, 1)])
+def test_edge_aware_smoothness_equals_its_definition(shape, radius, dilation) -> None:
+    """The shifted-view computation gives the loss and the gradient of the unfolded definition."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(*shape, generator=gen, requires_grad=True)
+    image = torch.rand(shape[0], 2, *shape[2:], generator=gen)
+    fast = edge_aware_smoothness(logits, image, radius=radius, dilation=dilation)
+    slow = _smoothness_by_unfold(logits, image, radius, dilation)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
+    g_fast, = torch.autograd.grad(fast, logits)
+    g_slow, = torch.autograd.grad(slow, logits)
+    torch.testing.assert_close(g_fast, g_slow, rtol=1e-4, atol=1e-7)
+
+
 def test_strokes_recipe_trains_from_strokes_and_stops_when_stable(em_small, tiny) -> None:
     raw, truth = em_small
     labels = strokes_on(truth)

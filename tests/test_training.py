@@ -129,3 +129,39 @@ def test_init_mismatch_says_what_the_bundle_is_and_what_is_needed(em_small, tiny
     other = build_model(UNetConfig(ndim=2, in_channels=1, out_channels=2, base=8, depth=2))
     with pytest.raises(RegconError, match=r"pretrained 2D network \(base 4.*needs a 2D network \(base 8"):
         load_init(other, pre)
+
+
+def test_prefetch_gives_the_same_run_and_resumes_alike(em_small, tiny, tmp_path) -> None:
+    """Drawing batches in a background thread changes nothing a seed fixes: losses, resumed runs."""
+    raw, truth = em_small
+    labels = np.zeros_like(truth)
+    labels[0] = truth[0]
+    plain = finetune_job(raw, labels, steps=8, seed=5, **tiny).run()
+    job = finetune_job(raw, labels, steps=8, seed=5, **tiny)
+    job.config.prefetch = True
+    ahead = job.run()
+    assert ahead["history"]["loss"] == plain["history"]["loss"]
+    count = {"n": 0}
+
+    def stop() -> bool:
+        count["n"] += 1
+        return count["n"] > 4
+
+    half_job = finetune_job(raw, labels, steps=8, seed=5, **tiny)
+    half_job.config.prefetch = True  # a batch is in flight when the run stops: the bundle must not count it
+    half_job.run(out=tmp_path / "half.pt", should_stop=stop)
+    resumed = finetune_job(raw, labels, steps=8, seed=5, resume=load_bundle(tmp_path / "half.pt"), **tiny).run()
+    np.testing.assert_allclose(resumed["history"]["loss"], plain["history"]["loss"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, kernel", [((2, 3, 8, 12), (2, 2)), ((1, 2, 4, 8, 6), (2, 2, 2)), ((1, 2, 3, 8, 8), (1, 2, 2))])
+def test_max_pool_without_autograd_equals_the_library_pool(shape, kernel) -> None:
+    from napari_regcon.core.models import max_pool
+
+    x = torch.randn(*shape)
+    ref = torch.nn.functional.max_pool2d(x, kernel) if len(kernel) == 2 else torch.nn.functional.max_pool3d(x, kernel)
+    with torch.inference_mode():
+        assert torch.equal(max_pool(x, kernel), ref)
+    xg = x.clone().requires_grad_()
+    max_pool(xg, kernel).sum().backward()  # training: the library's pool and its gradient
+    assert xg.grad is not None and int(xg.grad.sum()) == ref.numel()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -274,7 +275,8 @@ def _add_run_options(p: argparse.ArgumentParser, quiet: str = "no progress bar")
     """--device, --threads and --quiet: how every command that computes runs (``quiet``: its help)."""
     p.add_argument("--device", default="auto", help="auto (CUDA > MPS > CPU), cpu, cuda or mps")
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                   help="CPU threads for torch (default: all cores; 1 is faster when other jobs share the CPU)")
+                   help="CPU threads for torch (default: the cores the 1-minute load average leaves free, at least 1: on a "
+                        "shared CPU more threads than free cores run several times slower)")
     p.add_argument("--quiet", action="store_true", help=quiet)
 
 
@@ -397,6 +399,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def set_threads(requested: int | None) -> int | None:
+    """Give torch ``requested`` CPU threads, or by default the cores the load average leaves free
+    (:func:`~napari_regcon.core.device.default_threads`); returns the count set (None: left alone).
+
+    An ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` in the environment (torchrun sets one per rank) is
+    the user's choice and is kept when ``--threads`` is not given.
+    """
+    import torch
+
+    from napari_regcon.core.device import default_threads
+
+    if requested is not None:
+        if requested < 1:
+            raise RegconError(f"--threads must be at least 1, got {requested}.")
+        n = requested
+    elif any(os.environ.get(v, "").strip() for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")):
+        return None
+    else:
+        n = default_threads()
+    torch.set_num_threads(n)
+    return n
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, run, turn errors into one line on stderr and an exit code."""
     parser = build_parser()
@@ -408,11 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     clean = False
     try:
-        if getattr(args, "threads", None) is not None:
-            if args.threads < 1:
-                raise RegconError(f"--threads must be at least 1, got {args.threads}.")
-            import torch
-            torch.set_num_threads(args.threads)
+        if hasattr(args, "threads"):
+            set_threads(args.threads)
         if args.command in ("pretrain", "finetune"):
             distributed.init_from_env(args.device)
         code = int(args.func(args) or 0)

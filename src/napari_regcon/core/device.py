@@ -1,6 +1,9 @@
-"""Resolve ``auto`` / ``cpu`` / ``cuda`` / ``mps`` to a torch device once, with a clear error."""
+"""Resolve ``auto`` / ``cpu`` / ``cuda`` / ``mps`` to a torch device once, with a clear error; and how
+many CPU threads torch gets when the user says nothing."""
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -38,3 +41,28 @@ def describe_device(device: torch.device) -> str:
     if device.type == "mps":
         return "GPU: Apple MPS"
     return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may run on (its affinity where the OS tells it, else all)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def default_threads(cores: int | None = None, load: float | None = None) -> int:
+    """Torch CPU threads for a run the user gave no ``--threads``: the cores other work leaves free.
+
+    ``cores`` minus the 1-minute load average (``os.getloadavg()``, read once, at start), rounded,
+    at least 1; all cores where the OS has no load average. On a shared CPU a torch thread that waits
+    for a core another process holds spin-waits, and a step with 2 threads on 2 busy cores ran
+    several times slower than with 1 (docs/benchmarks.md, "Training speed (issue 14)").
+    """
+    cores = cpu_cores() if cores is None else max(1, int(cores))
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            return cores
+    return max(1, min(cores, cores - int(round(load))))

@@ -84,6 +84,10 @@ def edge_aware_smoothness(logits: torch.Tensor, image: torch.Tensor, radius: int
     plane of ``w_ij (1 - p_i . p_j)``, with ``w_ij = exp(-|I_i - I_j|² / 2 sigma²)`` from the
     mean intensity of the input channels. Class boundaries are pulled onto intensity edges, so
     the unpainted band between a stroke and the object's edge takes the class of its side.
+
+    Computed offset by offset on shifted views (each pair once, counted twice: ``w`` and the
+    agreement are symmetric), not on a (2 ``radius`` + 1)²-fold unfolded copy: the same sum, 5x
+    faster forward + backward on a batch of 8x128² (benchmarks/training_speed.py).
     """
     prob = logits.float().softmax(1)
     intensity_map = image.float().mean(1, keepdim=True)
@@ -91,16 +95,21 @@ def edge_aware_smoothness(logits: torch.Tensor, image: torch.Tensor, radius: int
         b, c, z, h, w = prob.shape
         prob = prob.permute(0, 2, 1, 3, 4).reshape(b * z, c, h, w)
         intensity_map = intensity_map.permute(0, 2, 1, 3, 4).reshape(b * z, 1, h, w)
-    k = 2 * radius + 1
-    pad = radius * dilation
-    unfold = torch.nn.Unfold(kernel_size=k, dilation=dilation, padding=pad)
-    n, c, h, w = prob.shape
-    p_nb = unfold(prob).view(n, c, k * k, h, w)
-    i_nb = unfold(intensity_map).view(n, 1, k * k, h, w)
-    ones = unfold(torch.ones_like(intensity_map)).view(n, 1, k * k, h, w)  # 0 where the window leaves the patch
-    weight = torch.exp(-((i_nb - intensity_map.unsqueeze(2)) ** 2) / (2 * sigma_intensity ** 2)) * ones
-    agree = (p_nb * prob.unsqueeze(2)).sum(1, keepdim=True)
-    return (weight * (1 - agree)).sum() / weight.sum().clamp_min(1.0)
+    n, _, h, w = prob.shape
+    total = (1 - (prob * prob).sum(1)).sum()  # each pixel with itself: weight 1
+    weights = torch.tensor(float(n * h * w), device=prob.device)
+    for dy in range(radius + 1):
+        for dx in range(-radius, radius + 1):
+            oy, ox = dy * dilation, dx * dilation
+            if (dy == 0 and dx <= 0) or oy >= h or abs(ox) >= w:  # the mirrored offset counts it, or no pair fits
+                continue
+            here = (slice(None), slice(None), slice(0, h - oy), slice(max(0, -ox), w - max(0, ox)))
+            there = (slice(None), slice(None), slice(oy, h), slice(max(0, ox), w - max(0, -ox)))
+            wt = torch.exp(-((intensity_map[there] - intensity_map[here]) ** 2) / (2 * sigma_intensity ** 2))[:, 0]
+            agree = (prob[here] * prob[there]).sum(1)
+            total = total + 2 * (wt * (1 - agree)).sum()
+            weights = weights + 2 * wt.sum()
+    return total / weights.clamp_min(1.0)
 
 
 class SupervisedTask(Task):

@@ -23,6 +23,7 @@ from .checkpoint import save_bundle
 from .device import get_device
 from .models import UNet
 from .precision import autocast_factory, precision_name, resolve_precision
+from .prefetch import Prefetcher
 from .pretext.base import Task
 from .sampling import PatchSampler
 
@@ -50,6 +51,7 @@ class TrainConfig:
     min_steps: int = 60
     schedule: str = "cosine"  # cosine: warm-up + cosine over the step limit; plateau: warm-up, constant, cool-down
     cooldown: float = 0.15  # plateau: share of the step limit spent decaying, at the end or once stable
+    prefetch: bool = False  # draw the next batch in a background thread while the step runs (core.prefetch)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -264,11 +266,15 @@ def iter_train(model: UNet, task: Task, sampler: PatchSampler, config: TrainConf
         if int(resume.get("total_steps", -1)) == config.steps:  # the same run resumed: keep its cool-down
             plan.update(resume.get("plan", {}))
 
+    def rng_states() -> dict[str, Any]:
+        return {"rng": rng.bit_generator.state, "sampler_rng": sampler.rng.bit_generator.state}
+
+    drawn: dict[str, Any] = {}  # the generators' states after the last batch the run used (set below)
+
     def state() -> dict[str, Any]:
         return {"step": step, "total_steps": config.steps, "config": config.to_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "task_state": task.state_dict(), "rng": rng.bit_generator.state,
-                "sampler_rng": sampler.rng.bit_generator.state, "history": history, "plan": dict(plan)}
+                "task_state": task.state_dict(), **drawn, "history": history, "plan": dict(plan)}
 
     def checkpoint(bundle: dict | None = None) -> str | None:
         if bundle_fn is None or out is None or rank != 0:
@@ -285,59 +291,70 @@ def iter_train(model: UNet, task: Task, sampler: PatchSampler, config: TrainConf
                                config.stable_tol, config.stable_patience, config.min_steps)
     reason = "stable" if plan["end"] < config.steps else "steps"  # a resumed run may be cooling down already
 
-    t0 = time.perf_counter()
-    done_at_start = step
-    yield Progress("start", step, config.steps, device=f"{device} {precision_name(dtype)}")
-    model.train()
-    task.train()
-    while step < plan["end"]:
-        if distributed.any_rank(should_stop is not None and should_stop(), device):
-            model.eval()
-            if ema is not None:
-                model.load_state_dict(ema.module.state_dict())
-            result = final()
-            path = checkpoint(result)
-            yield Progress("cancelled", step, config.steps, elapsed=time.perf_counter() - t0, path=path)
-            return result
+    drawn.update(rng_states())
+
+    def draw() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         options = task.sample_options  # e.g. neighbouring slices for glrp
-        batch = task.prepare(sampler.sample(config.batch_size, **options) if options else sampler.sample(config.batch_size), rng)
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with autocast():
-            loss, logs = loss_fn(batch)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        raw = sampler.sample(config.batch_size, **options) if options else sampler.sample(config.batch_size)
+        return task.prepare(raw, rng), rng_states()  # a resumed run continues after this batch
+
+    batches = Prefetcher(draw, enabled=config.prefetch)
+    try:
+        t0 = time.perf_counter()
+        done_at_start = step
+        yield Progress("start", step, config.steps, device=f"{device} {precision_name(dtype)}")
+        model.train()
+        task.train()
+        while step < plan["end"]:
+            if distributed.any_rank(should_stop is not None and should_stop(), device):
+                model.eval()
+                if ema is not None:
+                    model.load_state_dict(ema.module.state_dict())
+                result = final()
+                path = checkpoint(result)
+                yield Progress("cancelled", step, config.steps, elapsed=time.perf_counter() - t0, path=path)
+                return result
+            batch, states = batches.take(more=step + 1 < plan["end"])
+            drawn.update(states)
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with autocast():
+                loss, logs = loss_fn(batch)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            if ema is not None:
+                ema.update(model)
+            step += 1
+            value = distributed.mean_across_ranks(float(loss.detach()), device)
+            history["step"].append(step)
+            history["loss"].append(value)
+            elapsed = time.perf_counter() - t0
+            stable = probe is not None and reason == "steps" and distributed.any_rank(
+                probe.check(ema.module if ema is not None else model, step, autocast), device)  # ranks stop together
+            if stable and plateau:
+                stable = step < plan["decay_from"]  # stable during the final cool-down: nothing to shorten
+                if stable:  # cool down from here, then end
+                    plan.update(decay_from=step, end=min(config.steps, step + cool))
+            if stable:
+                reason = "stable"
+            eta = elapsed / (step - done_at_start) * (plan["end"] - step)
+            yield Progress("step", step, plan["end"], value, optimizer.param_groups[0]["lr"], elapsed, eta, logs,
+                           changed=probe.changed if probe is not None else float("nan"))
+            if stable and not plateau:
+                break
+            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
+                path = checkpoint()
+                if path:
+                    yield Progress("checkpoint", step, config.steps, value, elapsed=elapsed, path=path)
+        model.eval()
         if ema is not None:
-            ema.update(model)
-        step += 1
-        value = distributed.mean_across_ranks(float(loss.detach()), device)
-        history["step"].append(step)
-        history["loss"].append(value)
-        elapsed = time.perf_counter() - t0
-        stable = probe is not None and reason == "steps" and distributed.any_rank(
-            probe.check(ema.module if ema is not None else model, step, autocast), device)  # ranks stop together
-        if stable and plateau:
-            stable = step < plan["decay_from"]  # stable during the final cool-down: nothing to shorten
-            if stable:  # cool down from here, then end
-                plan.update(decay_from=step, end=min(config.steps, step + cool))
-        if stable:
-            reason = "stable"
-        eta = elapsed / (step - done_at_start) * (plan["end"] - step)
-        yield Progress("step", step, plan["end"], value, optimizer.param_groups[0]["lr"], elapsed, eta, logs,
-                       changed=probe.changed if probe is not None else float("nan"))
-        if stable and not plateau:
-            break
-        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
-            path = checkpoint()
-            if path:
-                yield Progress("checkpoint", step, config.steps, value, elapsed=elapsed, path=path)
-    model.eval()
-    if ema is not None:
-        model.load_state_dict(ema.module.state_dict())  # the averaged weights are the result
-    result = final()
-    path = checkpoint(result)
-    yield Progress("done", step, config.steps, history["loss"][-1] if history["loss"] else float("nan"),
-                   elapsed=time.perf_counter() - t0, path=path, reason=reason)
-    return result
+            model.load_state_dict(ema.module.state_dict())  # the averaged weights are the result
+        result = final()
+        path = checkpoint(result)
+        yield Progress("done", step, config.steps, history["loss"][-1] if history["loss"] else float("nan"),
+                       elapsed=time.perf_counter() - t0, path=path, reason=reason)
+        return result
+    finally:
+        batches.close()
