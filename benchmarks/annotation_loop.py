@@ -107,7 +107,7 @@ def load_dataset(name: str) -> Dataset:
         from napari_regcon.core.io import read_voxel_size
 
         return Dataset(name, ndim, raw1, lab1, paint, evals, 2, {1: 2, 2: 2},
-                       [raw1, read("raw", "02"), read("raw", "03"), raw4], "128" if ndim == 2 else "8,64,64",
+                       [raw1, read("raw", "02"), read("raw", "03"), raw4], "128" if ndim == 2 else "8,128,128",
                        8 if ndim == 2 else 4, read_voxel_size(VESSEL / "raw_01.tif"))
     raise SystemExit(f"unknown dataset {name!r}")
 
@@ -325,15 +325,23 @@ def run_loop(data: Dataset, spec: str, seed: int, args: argparse.Namespace) -> d
 RECIPE_REV = 3
 
 
-def settings(args: argparse.Namespace) -> dict[str, Any]:
+#: the 3D network of the vessel3d records: patch / batch / width (core's 3D defaults since 2026-12-03;
+#: records without it used 8,64,64 / 4 / 16)
+NET_3D = "8,128,128/b4/w8"
+
+
+def settings(args: argparse.Namespace, data: Dataset | None = None) -> dict[str, Any]:
     """The settings that tell one record of an arm and seed from another."""
     keys = ("first", "per_round", "steps", "retrain_steps", "rounds", "pretrain_steps", "correct")
-    return {**{k: getattr(args, k) for k in keys}, "recipe_rev": RECIPE_REV}
+    extra = {"net": NET_3D} if data is not None and data.ndim == 3 else {}
+    return {**{k: getattr(args, k) for k in keys}, "recipe_rev": RECIPE_REV, **extra}
 
 
 def _key(rec: dict) -> str:
     rec["settings"].setdefault("correct", "strokes")  # records from before --correct existed
     rec["settings"].setdefault("recipe_rev", 1)  # records from before the revision was recorded
+    if rec["dataset"] == "vessel3d":
+        rec["settings"].setdefault("net", "8,64,64/b4/w16")  # records from before the 3D defaults changed
     return json.dumps([rec["dataset"], rec["arm"], rec["seed"], rec["settings"]], sort_keys=True)
 
 
@@ -422,7 +430,7 @@ def main(argv: list[str] | None = None) -> None:
     for spec in args.arms.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
             probe = {"dataset": data.name, "arm": spec, "seed": seed,
-                     "settings": settings(args)}
+                     "settings": settings(args, data)}
             if _key(probe) in done and not args.force:
                 print(f"skip {spec} seed {seed} (recorded)")
                 continue

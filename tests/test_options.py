@@ -60,3 +60,27 @@ def test_task_declares_its_optional_hooks() -> None:
     assert get_pretext("mim").weight_decay == 0.05
     assert all(cls.weight_decay == 1e-4 for name, cls in PRETEXTS.items() if name != "mim")
     assert get_pretext("glrp").sample_options  # neighbouring slices
+
+
+def test_defaults_follow_the_model_dimensionality(vessel_thin) -> None:
+    """A fresh 3D model gets the 3D defaults (8x128x128 patches, batch 4, width 8), cut to the stack;
+    2D keeps 128², batch 8, width 16; an explicit value wins in both."""
+    import numpy as np
+
+    from napari_regcon.core.options import DEFAULT_BASE, DEFAULT_BATCH
+    from napari_regcon.core.sampling import DEFAULT_PATCH, default_patch_size
+    from napari_regcon.core.workflows import finetune_job
+
+    assert (DEFAULT_PATCH[3], DEFAULT_BATCH[3], DEFAULT_BASE[3]) == ((8, 128, 128), 4, 8)
+    assert (DEFAULT_PATCH[2], DEFAULT_BATCH[2], DEFAULT_BASE[2]) == ((128, 128), 8, 16)
+    assert default_patch_size((25, 512, 512), 3) == (8, 128, 128)
+    assert default_patch_size((25, 512, 512), 2) == (128, 128)
+    raw = np.repeat(vessel_thin[0], 4, axis=0)  # 12 planes of 96x96
+    labels = np.zeros(raw.shape, np.uint8)
+    labels[5, 40:50, 40:50], labels[5, 0:10, 0:10] = 2, 1
+    job3 = finetune_job(raw, labels, ndim=3, checkpoint_every=0)
+    assert (job3.config.batch_size, job3.model.config.base, job3.info["patch"]) == (4, 8, (8, 96, 96))
+    job2 = finetune_job(raw, labels, ndim=2, checkpoint_every=0)
+    assert (job2.config.batch_size, job2.model.config.base, job2.info["patch"]) == (8, 16, (96, 96))
+    mine = finetune_job(raw, labels, ndim=3, batch_size=2, base=4, patch_size="4,32,32", checkpoint_every=0)
+    assert (mine.config.batch_size, mine.model.config.base, mine.info["patch"]) == (2, 4, (4, 32, 32))

@@ -68,7 +68,9 @@ def test_every_data_type_and_start_model_shows_and_trains_one_setting(make_napar
     trained = 0
     for preset in range(len(PRESETS)):
         ft.init.select(None)
-        ft.preset.setCurrentIndex(preset)  # the user's data type
+        ft.preset.setCurrentIndex(preset)  # the user's data type ...
+        assert ft.network.base.value() == (PRESETS[preset].base if preset else OWN_BASE)  # ... brings its width
+        ft.network.base.setValue(OWN_BASE)  # ... which the user may change
         for start in (None, "2D model", "3D model", None):  # the last: switching back to random initialisation
             ft.init.select(entries[start] if start else None)
             bundle = start_models[start] if start else None
@@ -93,7 +95,7 @@ def test_every_data_type_and_start_model_shows_and_trains_one_setting(make_napar
     ft.options.ndim.setCurrentIndex(1)
     assert _shown(ft) == _expected(preset_for(3), None)
     ft.options.ndim.setCurrentIndex(0)
-    assert _shown(ft) == _expected(preset_for(2), None)
+    assert _shown(ft) == {**_expected(preset_for(2), None), "base": PRESETS[preset_for(2)].base}  # its width
 
 
 def test_pretrain_model_follows_the_data_type(make_napari_viewer, qtbot, em_small):
@@ -109,7 +111,7 @@ def test_pretrain_model_follows_the_data_type(make_napari_viewer, qtbot, em_smal
     pt.network.depth.setValue(1)
     run(qtbot, pt)
     out = w.session.latest("pretrained").bundle
-    assert out["model"]["ndim"] == 3 and out["data"]["patch_size"] == [4, 64, 64]
+    assert out["model"]["ndim"] == 3 and out["data"]["patch_size"] == [4, 128, 128]
     pt.preset.setCurrentIndex(preset_for(2))
     assert pt.options.ndim.currentIndex() == 0 and pt.options.patch.text() == PRESETS[preset_for(2)].patch
     assert pt.method_params.text() == ""

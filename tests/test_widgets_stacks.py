@@ -30,14 +30,14 @@ def test_two_photon_preset_trains_on_a_three_plane_stack(make_napari_viewer, qtb
     raw, truth = vessel_thin  # 3 planes of a real two-photon stack, 96x96
     viewer, w = make_widget(make_napari_viewer, raw, name="vessels", scale=(5.0, 0.994, 0.994))
     notes = Notes()
-    note = "The patch size 16x64x64 is larger than the stack (3x96x96), so training uses 3x64x64."
+    note = "The patch size 8x128x128 is larger than the stack (3x96x96), so training uses 3x96x96."
 
     _preset_3d(w.pretrain)
-    assert w.pretrain.options.patch.text() == "16,64,64"
+    assert w.pretrain.options.patch.text() == "8,128,128"
     run(qtbot, w.pretrain)
     assert not notes.errors(), notes.errors()
     pre = w.session.latest("pretrained")
-    assert pre is not None and pre.bundle["data"]["patch_size"] == [3, 64, 64]
+    assert pre is not None and pre.bundle["data"]["patch_size"] == [3, 96, 96]
     assert note in w.pretrain.panel.label.text()  # said in the section's status line, and kept there
 
     ft = w.finetune
@@ -45,12 +45,12 @@ def test_two_photon_preset_trains_on_a_three_plane_stack(make_napari_viewer, qtb
     lab = ft.create_labels_layer()
     lab.data[1] = truth[1]  # the middle plane painted
     ft.init.select(pre)
-    assert ft.options.patch.text() == "3,64,64"  # a pretrained model brings its patch ...
-    ft.options.patch.setText("16,64,64")  # ... and the preset's is clipped again
+    assert ft.options.patch.text() == "3,96,96"  # a pretrained model brings its patch ...
+    ft.options.patch.setText("8,128,128")  # ... and the preset's is clipped again
     run(qtbot, ft)
     assert not notes.errors(), notes.errors()
     seg = w.session.latest("segmentation")
-    assert seg is not None and seg.bundle["model"]["ndim"] == 3 and seg.bundle["data"]["patch_size"] == [3, 64, 64]
+    assert seg is not None and seg.bundle["model"]["ndim"] == 3 and seg.bundle["data"]["patch_size"] == [3, 96, 96]
     assert note in ft.panel.label.text()
 
 

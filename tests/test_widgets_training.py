@@ -220,3 +220,24 @@ def test_failed_run_leaves_layers_as_they_were_and_preview_states_its_cadence(ma
     assert list(after) == list(before)
     assert all(np.array_equal(after[k], before[k]) for k in before), [k for k in before if not np.array_equal(after[k], before[k])]
     assert ft.preview_layer is prev
+
+
+def test_result_layers_are_added_one_per_event_loop_turn(make_napari_viewer, qtbot, em_small):
+    """Each napari layer costs 100-150 ms to create; the Predict section adds them one per turn of the
+    event loop (the viewer repaints in between), the prediction last: on top and selected."""
+    from napari_regcon._widgets.updates import PredictResult
+
+    raw, truth = em_small
+    viewer, w = make_widget(make_napari_viewer, raw, scale=EM_SCALE)
+    pr, image = w.predict, viewer.layers["em"]
+    probs = np.random.default_rng(0).random((2, *raw.shape), dtype=np.float32)
+    res = PredictResult(labels=truth, probabilities=probs, uncertainty=probs[0], class_values=[1, 2],
+                        class_names=["cell", "membrane"])
+    pr._run = {"image": image, "channel_axis": None, "model": "m"}
+    pr._add_layers(res)
+    assert len(viewer.layers) == 2 and pr.adding_layers  # one layer now, the rest in later turns
+    qtbot.waitUntil(lambda: not pr.adding_layers, timeout=5000)
+    assert [layer.name for layer in viewer.layers] == ["em", "P(membrane)", "em uncertainty", "em prediction"]
+    assert [layer.visible for layer in viewer.layers] == [True, False, False, True]
+    assert pr.last_prediction is viewer.layers["em prediction"] is viewer.layers.selection.active
+    assert np.array_equal(pr.last_prediction.data, truth) and pr.status.message.startswith("Done: prediction layer added")

@@ -41,8 +41,8 @@ def run(qtbot: Any, section: Any, timeout: int = 60_000) -> None:
 
 
 def wait_idle(qtbot: Any, section: Any, timeout: int = 60_000) -> None:
-    qtbot.waitUntil(lambda: section.status.state == RunState.IDLE and not section.runner.running,
-                    timeout=timeout)
+    qtbot.waitUntil(lambda: section.status.state == RunState.IDLE and not section.runner.running
+                    and not getattr(section, "adding_layers", False), timeout=timeout)
 
 
 class Notes:

@@ -228,7 +228,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from napari_regcon.demo import run_demo
 
     report = run_demo(args.out, pretrain_steps=args.pretrain_steps, finetune_steps=args.finetune_steps, device=args.device,
-                      seed=args.seed, quiet=args.quiet)
+                      seed=args.seed, quiet=args.quiet, precision=args.precision)
     print(json.dumps({"membrane_dice": report["membrane_dice"], "out": str(args.out)}))
     return 0
 
@@ -257,12 +257,13 @@ def _add_common_training(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument("--steps", type=positive_int, default=steps, help=f"optimisation steps (default {steps})")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="arithmetic: auto (default) = bf16 on CPUs with bf16 units, fp16/bf16 on CUDA, else fp32")
-    p.add_argument("--patch-size", default=None, help="patch size: 128 (YX) or 16,64,64 (ZYX); default fits the image")
+    p.add_argument("--patch-size", default=None, help="patch size: 128 (YX) or 8,64,64 (ZYX); default 128 (2D) or 8,128,128 (3D), cut to the image")
     p.add_argument("--ndim", type=int, choices=(2, 3), default=2, help="2: slice-wise model (EM default); 3: volumetric")
     p.add_argument("--channel-axis", type=int, default=None, help="axis of the channels in a multi-channel image")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="patches per step (default 8)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="patches per step (default 8 in 2D, 4 in 3D)")
     p.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate (default 1e-3)")
-    p.add_argument("--base", type=positive_int, default=16, help="U-Net width of the first level (default 16)")
+    p.add_argument("--base", type=positive_int, default=None,
+                   help="U-Net width of the first level (default 16 in 2D, 8 in 3D)")
     p.add_argument("--depth", type=positive_int, default=3, help="U-Net poolings (default 3)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
     _add_run_options(p)
@@ -375,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrain-steps", type=positive_int, default=150, help="self-supervised steps (default 150)")
     p.add_argument("--finetune-steps", type=positive_int, default=250, help="fine-tuning steps (default 250)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="arithmetic of training and prediction (default auto: bf16 where the hardware has it)")
     _add_run_options(p, quiet="no progress messages")
     p.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --out folder")
     p.set_defaults(func=cmd_demo)

@@ -50,8 +50,9 @@ def _log(msg: str, quiet: bool) -> None:
 
 
 def run_demo(out: str | Path = "regcon-demo", pretrain_steps: int = 150, finetune_steps: int = 250,
-             device: str = "auto", seed: int = 0, quiet: bool = False) -> dict[str, Any]:
-    """Run the demo into ``out`` and return its report (also written as ``report.json``)."""
+             device: str = "auto", seed: int = 0, quiet: bool = False, precision: str = "auto") -> dict[str, Any]:
+    """Run the demo into ``out`` and return its report (also written as ``report.json``); ``precision``
+    is the arithmetic of training and prediction (``auto``: bf16 where the hardware has it)."""
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -67,18 +68,19 @@ def run_demo(out: str | Path = "regcon-demo", pretrain_steps: int = 150, finetun
 
     _log(f"1/3 self-supervised pretraining (masked image modelling), {pretrain_steps} steps", quiet)
     job = pretrain_job([raw], options=PretrainOptions(method="mim", steps=pretrain_steps, seed=seed, device=device,
-                                                      checkpoint_every=0))
+                                                      checkpoint_every=0, precision=precision))
     pretrained = job.run(out=out / "pretrained.pt", callback=progress_bar("pretrain", quiet))
     t_pre = time.perf_counter() - t0
 
     _log(f"2/3 fine-tuning on one labeled slice, {finetune_steps} steps", quiet)
     job = finetune_job(raw, labels, FinetuneOptions(steps=finetune_steps, seed=seed, device=device, checkpoint_every=0,
-                                                    class_names=["cell interior", "membrane"]), init=pretrained)
+                                                    class_names=["cell interior", "membrane"], precision=precision),
+                      init=pretrained)
     model = job.run(out=out / "model.pt", callback=progress_bar("fine-tune", quiet))
     t_ft = time.perf_counter() - t0 - t_pre
 
     _log("3/3 predicting every slice (tiled)", quiet)
-    result = predict(model, raw, PredictOptions(probabilities=True, device=device), callback=progress_bar("predict", quiet))
+    result = predict(model, raw, PredictOptions(probabilities=True, device=device, precision=precision), callback=progress_bar("predict", quiet))
     pred, probs = result.labels, result.probabilities
     t_pred = time.perf_counter() - t0 - t_pre - t_ft
 
@@ -92,6 +94,7 @@ def run_demo(out: str | Path = "regcon-demo", pretrain_steps: int = 150, finetun
         "seconds": {"pretrain": round(t_pre, 1), "finetune": round(t_ft, 1), "predict": round(t_pred, 1),
                     "total": round(time.perf_counter() - t0, 1)},
         "device": str(job.model.head.weight.device),
+        "precision": precision,
         "files": {"prediction": "prediction.tif", "membrane_probability": "membrane_probability.tif",
                   "labels": "labels.tif", "image": "image.tif", "overlay": "overlay.png",
                   "pretrained_bundle": "pretrained.pt", "model_bundle": "model.pt"},

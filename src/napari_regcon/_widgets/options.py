@@ -111,6 +111,8 @@ class TrainOptions(QWidget):
         if f.preset != self._shown:
             self.steps.setValue(f.steps)
             self.batch.setValue(f.batch)
+            if self.network is not None and not f.locked:  # a new network gets the data type's width
+                self.network.base.setValue(PRESETS[f.preset].base)
             self._shown = f.preset
         self._render_network(f)
         self.locked_note.setText(f.reason)

@@ -29,6 +29,7 @@ class Preset:
     finetune_steps: int
     hint: str
     method_params: tuple[tuple[str, str], ...] = ()
+    base: int = 16  # network width of a new model (the Advanced field, set when the data type changes)
 
     def params_for(self, method: str) -> str:
         """Suggested extra parameters of a pretext method for this kind of data ("" if none)."""
@@ -38,11 +39,11 @@ class Preset:
 PRESETS = (
     Preset("Electron microscopy (2D slices)", 2, "128", 8, 500, 400,
            "EM stacks are anisotropic (z step >> pixel size): a 2D model on each slice works best."),
-    Preset("Two-photon / 3D volume", 3, "16,64,64", 2, 200, 200,
-           "Two-photon stacks are volumes: a 3D model with flat 16x64x64 (z, y, x) patches (cut to the "
-           "stack when it has fewer planes); "
+    Preset("Two-photon / 3D volume", 3, "8,128,128", 4, 200, 200,
+           "Two-photon stacks are volumes: a 3D model (width 8) with flat 8x128x128 (z, y, x) patches (cut "
+           "to the stack when it has fewer planes); "
            "masked image modelling hides bright structures (vessels, cells) more often.",
-           (("mim", "mask=intensity"),)),
+           (("mim", "mask=intensity"),), base=8),
 )
 
 

@@ -23,6 +23,14 @@ if TYPE_CHECKING:
 Opts = TypeVar("Opts")
 
 
+#: Patches per step and first-level width of a new network, per model dimensionality. The 3D ones
+#: (with the 8x128x128 patch of :data:`~napari_regcon.core.sampling.DEFAULT_PATCH`) fine-tune a
+#: 25x512x512 stack in ~2 min on 2 cores, at a higher vessel Dice than 16x128x128 / 8 / 16, which
+#: took 22 min (docs/benchmarks.md, "3D fine-tune defaults").
+DEFAULT_BATCH = {2: 8, 3: 4}
+DEFAULT_BASE = {2: 16, 3: 8}
+
+
 @dataclass
 class TrainingOptions:
     """What every training run takes.
@@ -34,9 +42,10 @@ class TrainingOptions:
     patch_size
         Training patch: ``128`` (YX) or ``16,64,64`` (ZYX); default: what fits the image.
     steps, batch_size, lr
-        Optimisation steps, patches per step, learning rate.
+        Optimisation steps, patches per step (default: :data:`DEFAULT_BATCH` for ``ndim``), learning rate.
     base, depth
-        U-Net width of the first level and number of poolings (a new network only).
+        U-Net width of the first level (default: :data:`DEFAULT_BASE` for ``ndim``) and number of
+        poolings (a new network only).
     channel_axis
         Axis of the channels in the images (None: single-channel).
     seed, device, precision
@@ -51,9 +60,9 @@ class TrainingOptions:
     ndim: int = 2
     patch_size: str | int | Sequence[int] | None = None
     steps: int = 400
-    batch_size: int = 8
+    batch_size: int | None = None
     lr: float = 1e-3
-    base: int = 16
+    base: int | None = None
     depth: int = 3
     channel_axis: int | None = None
     seed: int = 0
@@ -61,6 +70,14 @@ class TrainingOptions:
     checkpoint_every: int = 100
     precision: str = "auto"
     voxel_size: Sequence[float] | None = None
+
+    def batch_for(self, ndim: int) -> int:
+        """Patches per step of an ``ndim`` run: the one asked for, else the default for ``ndim``."""
+        return self.batch_size if self.batch_size is not None else DEFAULT_BATCH[ndim]
+
+    def base_for(self, ndim: int) -> int:
+        """First-level width of a new ``ndim`` network: the one asked for, else the default for ``ndim``."""
+        return self.base if self.base is not None else DEFAULT_BASE[ndim]
 
 
 @dataclass

@@ -157,13 +157,13 @@ def pretrain_job(images: Sequence[Any], method: str | None = None, options: Pret
     norm = fit_normalization(vols)
     notes: list[str] = []
     patch = _patch(o.patch_size, vols, o.ndim, UNetConfig(depth=o.depth), notes)
-    cfg = _config(o.ndim, vols[0].shape[0], task.out_channels(vols[0].shape[0]), patch, o.base, o.depth,
-                  o.voxel_size)
+    cfg = _config(o.ndim, vols[0].shape[0], task.out_channels(vols[0].shape[0]), patch, o.base_for(o.ndim),
+                  o.depth, o.voxel_size)
     seed_everything(o.seed)
     model = build_model(cfg)
     if resume is not None:
         load_resumed_weights(model, resume)
-    config = TrainConfig(steps=o.steps, batch_size=o.batch_size, lr=o.lr, seed=o.seed, device=o.device,
+    config = TrainConfig(steps=o.steps, batch_size=o.batch_for(o.ndim), lr=o.lr, seed=o.seed, device=o.device,
                          weight_decay=task.weight_decay, checkpoint_every=o.checkpoint_every, precision=o.precision)
     sampler = PatchSampler(vols, norm, patch, seed=o.seed)
 
@@ -192,7 +192,7 @@ def finetune_job(image: Any, labels: Any, options: FinetuneOptions | None = None
     sparse painting. ``resume`` continues an interrupted run from its bundle.
     """
     o = with_fields(FinetuneOptions, options, **fields)
-    ndim, base, depth = o.ndim, o.base, o.depth
+    ndim, base, depth = o.ndim, o.base_for(o.ndim), o.depth
     init_b = as_bundle(init) if init is not None else None
     resume_b = as_bundle(resume) if resume is not None else None
     if init_b is not None:
@@ -235,7 +235,7 @@ def finetune_job(image: Any, labels: Any, options: FinetuneOptions | None = None
             steps = min(steps, chosen.retrain_steps)  # a correction round, not a new training
         if chosen.retrain_check_every:  # it starts settled: look more often, so it can end sooner
             stop_rule = {"stable_every": chosen.retrain_check_every, "min_steps": 2 * chosen.retrain_check_every}
-    config = TrainConfig(steps=steps, batch_size=o.batch_size, lr=lr, seed=o.seed, device=o.device,
+    config = TrainConfig(steps=steps, batch_size=o.batch_for(ndim), lr=lr, seed=o.seed, device=o.device,
                          checkpoint_every=o.checkpoint_every, ema=chosen.ema,
                          stop_when_stable=chosen.stop_when_stable, stable_tol=chosen.stable_tol,
                          schedule=chosen.schedule, precision=o.precision, **stop_rule)
