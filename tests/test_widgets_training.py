@@ -30,13 +30,19 @@ def test_pretrain_lists_methods_and_trains(make_napari_viewer, qtbot, em_small):
     methods = [sec.method.itemData(i) for i in range(sec.method.count())]
     assert sorted(methods) == sorted(PRETEXTS)  # built from the registry at runtime
     assert sec.method_hint.text() == method_text(PRETEXTS[sec.method.currentData()].description)
-    assert sec.device.text().startswith("Device: ")
+    from napari_regcon.core.precision import precision_name, resolve_precision
+    arithmetic = precision_name(resolve_precision("auto", torch.device("cpu")))  # bf16 on CPUs with bf16 units
+    assert sec.device.text().startswith("Device: ") and sec.device.text().endswith(f", {arithmetic} arithmetic")
     assert [ly.name for ly in sec.images.checked_layers()] == ["em"]
     tiny(sec, steps=6)
+    messages: list[str] = []
+    sec.status.events.message.connect(lambda m: messages.append(str(m)))  # psygnal: the new value
     sec.panel.start_button.click()
     qtbot.waitUntil(lambda: not sec.inputs.isEnabled(), timeout=5000)  # inputs locked while running
     assert not w.finetune.panel.start_button.isEnabled()  # one run at a time
     wait_idle(qtbot, sec)
+    running = [m for m in messages if m.startswith("Running on")]
+    assert running and f", {arithmetic}" in running[0], messages  # the run says which arithmetic it uses
     entry = w.session.latest("pretrained")
     assert entry is not None and entry.bundle["pretext"]["method"] == "mim"
     assert entry.bundle["training"]["step"] == 6

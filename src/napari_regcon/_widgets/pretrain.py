@@ -15,6 +15,7 @@ from napari_regcon.core.bundle import as_bundle
 from napari_regcon.core.device import describe_device, get_device
 from napari_regcon.core.errors import RegconError
 from napari_regcon.core.options import PretrainOptions, parse_params
+from napari_regcon.core.precision import precision_name, resolve_precision
 from napari_regcon.core.pretext import PRETEXTS, with_voxel_size
 
 from .common import LayerChecklist, ModelPicker, hint, warn_thin_isotropic
@@ -29,15 +30,18 @@ from .updates import Finished, StepUpdate, Update
 
 
 def device_text() -> str:
-    """``Device: GPU: <name>``, or the CPU threads a run uses (one core is left to the viewer)."""
+    """``Device: GPU: <name>``, or the CPU threads a run uses (one core is left to the viewer), and the
+    arithmetic of its runs (bf16 on CPUs with bf16 units, fp32 elsewhere)."""
     try:
         device = get_device("auto")
     except Exception:  # noqa: BLE001 - informative only
         return "Device: CPU"
+    arithmetic = precision_name(resolve_precision("auto", device))  # what a run uses (the bundle stays fp32)
     if device.type == "cpu":
         cores = os.cpu_count() or 1
-        return f"Device: CPU (training uses {cpu_threads()} of {cores} cores; the rest keeps the viewer smooth)"
-    return f"Device: {describe_device(device)}"
+        return (f"Device: CPU (training uses {cpu_threads()} of {cores} cores; the rest keeps the viewer smooth), "
+                f"{arithmetic} arithmetic")
+    return f"Device: {describe_device(device)}, {arithmetic} arithmetic"
 
 
 def method_text(description: str) -> str:
