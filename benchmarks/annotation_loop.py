@@ -315,7 +315,7 @@ def run_loop(data: Dataset, spec: str, seed: int, args: argparse.Namespace) -> d
               + ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
               + f", {round_s:.0f} s, {arm.steps_run} steps", flush=True)
     return {"dataset": data.name, "arm": spec, "seed": seed, "rounds": rounds, **extra,
-            "settings": settings(args)}
+            "settings": settings(args, data)}
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -368,7 +368,9 @@ def summarize(records: list[dict]) -> tuple[list[str], list[list[str]]]:
                      for rec in recs for r in range(1, n_rounds)]
             painted = np.mean([rec["rounds"][n_rounds - 1]["painted_pct"] for rec in recs])
             secs = np.median([rd["round_s"] for rec in recs for rd in rec["rounds"]])
-            rows.append([ds, arm, str(recs[0]["settings"]["recipe_rev"]), recs[0]["settings"]["correct"], ev, str(len(recs)), *cells, f"{painted:.2f}",
+            st = recs[0]["settings"]
+            rev = str(st["recipe_rev"]) + (f" ({st['net']})" if "net" in st else "")  # 3D: the network too
+            rows.append([ds, arm, rev, st["correct"], ev, str(len(recs)), *cells, f"{painted:.2f}",
                          f"{secs:.0f}", f"{100 * max(0.0, max(drops, default=0.0)):.1f}"])
     return headers, rows
 
@@ -387,15 +389,17 @@ def plot(records: list[dict], dataset: str) -> None:
         return
     evals = list(recs[0]["rounds"][0]["dice"])
     fig, axes = plt.subplots(1, len(evals), figsize=(5.5 * len(evals), 4), squeeze=False)
-    arms = sorted({(r["arm"], r["settings"]["correct"], r["settings"]["recipe_rev"]) for r in recs})
+    arms = sorted({(r["arm"], r["settings"]["correct"], r["settings"]["recipe_rev"], r["settings"].get("net", ""))
+                   for r in recs})
     for ax, ev in zip(axes[0], evals):
-        for arm, mode, rev in arms:
+        for arm, mode, rev, net in arms:
             rs = [r for r in recs if r["arm"] == arm and r["settings"]["correct"] == mode
-                  and r["settings"]["recipe_rev"] == rev]
+                  and r["settings"]["recipe_rev"] == rev and r["settings"].get("net", "") == net]
             n = min(len(r["rounds"]) for r in rs)
             x = [np.mean([r["rounds"][i]["painted_pct"] for r in rs]) for i in range(n)]
             y = [np.mean([r["rounds"][i]["dice"][ev] for r in rs]) for i in range(n)]
-            ax.plot(x, y, "o-", label=f"{arm} (recipe rev {rev}), corrections: {mode} ({len(rs)} seeds)")
+            what = f"rev {rev}" + (f", {net}" if net and arm != "rf" else "")
+            ax.plot(x, y, "o-", label=f"{arm} ({what}), corrections: {mode} ({len(rs)} seeds)")
         ax.set_xlabel("painted pixels (% of the painted planes)")
         ax.set_ylabel("Dice")
         ax.set_title(f"{dataset}: {ev}")
