@@ -148,7 +148,11 @@ def test_correction_round_continues_the_model_at_a_lower_rate(em_small, tiny) ->
     labels[1, ::9] = truth[1, ::9]  # the user paints another slice
     again = finetune_job(raw, labels, init=first, steps=8, seed=1, recipe="strokes", **tiny)
     assert again.config.lr == pytest.approx(1e-3 * RECIPES["strokes"].retrain_lr_scale)
-    assert again.config.steps == 8  # under the correction-round cap
+    assert again.config.steps == 8 and not again.info["notes"]  # under the correction-round cap
+    capped = finetune_job(raw, labels, init=first, steps=400, seed=1, recipe="strokes", **tiny)
+    cap = RECIPES["strokes"].retrain_steps
+    assert capped.config.steps == cap  # the widget's Steps field says 400: the run says why it does fewer
+    assert capped.info["notes"] == [f"A correction round continues the current model: at most {cap} steps."]
     for k, v in first["state_dict"].items():  # it starts from every weight of the current model
         torch.testing.assert_close(again.model.state_dict()[k], v)
 

@@ -193,3 +193,18 @@ def test_every_text_fits_at_default_width_and_larger_font(make_napari_viewer, qt
     assert in_view(w, w.sections[3]) and in_view(w, pr.panel.label), (w.verticalScrollBar().value(),)
     _fits(qtbot, w, "predicted")
     viewer.screenshot(str(tmp_path / f"dock_{font_scale}.png"), canvas_only=False)
+
+
+def test_choosing_a_data_type_in_one_section_chooses_it_in_the_other(make_napari_viewer, qtbot, em_small):
+    raw, _ = em_small
+    viewer, w = make_widget(make_napari_viewer, raw)
+    pt, ft, three, two = w.pretrain, w.finetune, preset_for(3), preset_for(2)
+
+    def choose(section, index: int) -> None:  # as a user picks it: the index changes, then `activated`
+        section.preset.setCurrentIndex(index)
+        section.preset.activated.emit(index)
+
+    choose(ft, three)
+    assert pt.preset.currentIndex() == three and pt.options.values()["ndim"] == 3
+    choose(pt, two)
+    assert ft.preset.currentIndex() == two and ft.options.values()["ndim"] == 2

@@ -106,6 +106,10 @@ def test_finetune_preview_predict_correct_retrain(make_napari_viewer, qtbot, em_
     run(qtbot, pr)
     pred = pr.last_prediction
     assert pred.data.shape == raw.shape and pred.data.dtype == np.uint8
+    # what the user looks at next: the prediction, the superseded preview hidden, the training labels on
+    # top of it and selected, so that correction strokes show where they are painted
+    assert not prev.visible and pred.visible
+    assert viewer.layers[-1] is labels and viewer.layers.selection.active is labels
     assert set(np.unique(pred.data)) <= {1, 2}
     assert tuple(pred.scale) == EM_SCALE and tuple(pred.translate) == (0, 8, 8)
     dice = scores(pred.data[1:], truth[1:])["classes"]["2"]["dice"]
@@ -140,6 +144,9 @@ def test_finetune_preview_predict_correct_retrain(make_napari_viewer, qtbot, em_
     assert len(w.session.models) == n_models + 1, (ft.status.message, notes.errors(), notes.infos()[-3:])
     again = w.session.latest("segmentation")
     assert again is not model and again.name.startswith("retrained on em")
+    if ft.preview_times:  # the round showed previews: on the reused preview layer, shown again, above the prediction
+        assert ft.preview_layer is prev and prev.visible
+        assert list(viewer.layers).index(prev) > list(viewer.layers).index(pred)
     # it continued from the fine-tuned model: 10 more steps moved the weights much less than the
     # 60 steps that took a fresh network (same seed) to the first model
     torch.manual_seed(0)

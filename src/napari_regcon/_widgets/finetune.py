@@ -260,6 +260,11 @@ class FinetuneWidget(QWidget):
         elif in_viewer(self.viewer, layer):
             layer.data[...] = before
             layer.refresh()
+            view = self._run.get("restore_view")
+            if view is not None:  # where it was, and whether it was shown
+                layers = self.viewer.layers
+                layers.move(layers.index(layer), view[0])
+                layer.visible = view[1]
 
     def _on_update(self, upd: Update) -> None:
         if isinstance(upd, StepUpdate) and self.panel.plot is not None:
@@ -279,9 +284,9 @@ class FinetuneWidget(QWidget):
             verb = "retrained" if run and run["start_kind"] == "segmentation" else "fine-tuned"
             name = f"{verb} on {img_name}, {steps} steps" + (" (stopped)" if upd.cancelled else "")
             self.session.add(ModelEntry(name, bundle))
-            ended = f"Done ({upd.message}); " if upd.message else "Done; "
-            self.status.message = ("Stopped early; " if upd.cancelled else ended) + \
-                "the model is ready in Predict (Save… there keeps it in a file)."
+            ended = f"Done: {upd.message}. " if upd.message else "Done. "
+            self.status.message = ("Stopped early. " if upd.cancelled else ended) + \
+                "The model is ready in Predict (Save… there keeps it in a file)."
             show_info(f"Fine-tuning {'stopped' if upd.cancelled else 'finished'}: {name}.")
             self.done.emit()
 
@@ -297,6 +302,13 @@ class FinetuneWidget(QWidget):
         layer = self.preview_layer
         if in_viewer(self.viewer, layer) and tuple(layer.data.shape) == tuple(data.shape):
             run["restore"] = (layer, np.array(layer.data, copy=True))
+            layers, active = self.viewer.layers, self.viewer.layers.selection.active
+            run["restore_view"] = (layers.index(layer), layer.visible)
+            layer.visible = True  # a Predict after the last run hid it; this run's previews are news again
+            if layers.index(layer) != len(layers) - 1:  # above the predictions it supersedes
+                layers.move(layers.index(layer), len(layers))
+                if in_viewer(self.viewer, active):
+                    layers.selection.active = active
             return layer
         active = self.viewer.layers.selection.active
         names = class_names_of(run["labels"]) or parse_class_names(self.classes.text())

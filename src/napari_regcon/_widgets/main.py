@@ -21,6 +21,7 @@ from .correct import CorrectWidget
 from .finetune import FinetuneWidget
 from .fitting import Section
 from .jobs import warm_up
+from .layers import in_viewer
 from .predict import PredictWidget
 from .pretrain import PretrainWidget
 from .state import RunState, Session
@@ -69,6 +70,9 @@ class RegconWidget(QScrollArea):
         self.pretrain.done.connect(lambda: self._open(1))
         self.finetune.done.connect(lambda: self._open(2))
         self.predict.done.connect(self._after_predict)
+        # the data type is the user's description of the data: choosing it in one section chooses it in the other
+        self.pretrain.preset.activated.connect(lambda i: _follow_data_type(self.finetune, i))
+        self.finetune.preset.activated.connect(lambda i: _follow_data_type(self.pretrain, i))
         self.correct.done.connect(lambda: self._open(1))
         self.session.busy_changed.connect(self._on_busy)
         self.destroyed.connect(_on_destroyed(self.session, [self.pretrain.runner, self.finetune.runner,
@@ -111,12 +115,21 @@ class RegconWidget(QScrollArea):
             bar.setValue(min(max(bar.value(), bottom - height), top))
 
     def _after_predict(self) -> None:
+        """The new prediction is what the user looks at: the live preview it supersedes is hidden, and the
+        training labels go on top of it, selected, so correction strokes show where they are painted."""
         layer = self.predict.last_prediction
         if layer is not None:
             self.correct.select_prediction(layer)
+            preview = self.finetune.preview_layer
+            if preview is not None and in_viewer(self.viewer, preview):
+                preview.visible = False
             lab = self.finetune.labels.layer()
             if lab is not None:
                 self.correct.labels.set_layer(lab)
+                if in_viewer(self.viewer, lab) and lab.data.shape == layer.data.shape:
+                    layers = self.viewer.layers
+                    layers.move(layers.index(lab), len(layers))
+                    layers.selection.active = lab
         self._open(3, after=self.predict.panel)  # the result's status line, and the next step
 
     def _on_busy(self, busy: bool) -> None:
@@ -129,6 +142,12 @@ class RegconWidget(QScrollArea):
         """Ask any active run to stop (e.g. before closing)."""
         for w in (self.pretrain, self.finetune, self.predict):
             w.runner.stop()
+
+
+def _follow_data_type(section: Any, index: int) -> None:
+    """Show data type ``index`` in ``section`` too, unless a chosen model fixes it there or it is running."""
+    if section.preset.isEnabled() and section.status.state == RunState.IDLE and section.preset.currentIndex() != index:
+        section.preset.setCurrentIndex(index)
 
 
 def _on_destroyed(session: Session, runners: list[Any]) -> Any:

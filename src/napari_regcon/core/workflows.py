@@ -231,8 +231,9 @@ def finetune_job(image: Any, labels: Any, options: FinetuneOptions | None = None
     stop_rule: dict[str, int] = {}
     if init_b is not None and init_b.is_segmentation and resume is None:
         lr *= chosen.retrain_lr_scale  # continuing a model: a gentler step keeps what it learned
-        if chosen.retrain_steps:
-            steps = min(steps, chosen.retrain_steps)  # a correction round, not a new training
+        if chosen.retrain_steps and steps > chosen.retrain_steps:
+            steps = chosen.retrain_steps  # a correction round, not a new training
+            notes.append(f"A correction round continues the current model: at most {steps} steps.")
         if chosen.retrain_check_every:  # it starts settled: look more often, so it can end sooner
             stop_rule = {"stable_every": chosen.retrain_check_every, "min_steps": 2 * chosen.retrain_check_every}
     config = TrainConfig(steps=steps, batch_size=o.batch_for(ndim), lr=lr, seed=o.seed, device=o.device,
