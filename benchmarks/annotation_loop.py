@@ -58,6 +58,7 @@ from skimage.morphology import disk, skeletonize
 
 from napari_regcon.core.checkpoint import load_bundle, save_bundle
 from napari_regcon.core.metrics import dice
+from napari_regcon.core.options import DEFAULT_BASE
 from napari_regcon.core.workflows import finetune_job, pretrain_job, run_predict
 
 NAME = "annotation_loop"
@@ -325,15 +326,16 @@ def run_loop(data: Dataset, spec: str, seed: int, args: argparse.Namespace) -> d
 RECIPE_REV = 3
 
 
-#: the 3D network of the vessel3d records: patch / batch / width (core's 3D defaults since 2026-12-03;
-#: records without it used 8,64,64 / 4 / 16)
-NET_3D = "8,128,128/b4/w8"
+def net_3d(data: Dataset) -> str:
+    """The 3D network of a record: patch / batch / width (core's default width; records of before
+    2026-12-03 carry none and used 8,64,64 / 4 / 16)."""
+    return f"{data.patch}/b{data.batch_size}/w{DEFAULT_BASE[3]}"
 
 
 def settings(args: argparse.Namespace, data: Dataset | None = None) -> dict[str, Any]:
     """The settings that tell one record of an arm and seed from another."""
     keys = ("first", "per_round", "steps", "retrain_steps", "rounds", "pretrain_steps", "correct")
-    extra = {"net": NET_3D} if data is not None and data.ndim == 3 else {}
+    extra = {"net": net_3d(data)} if data is not None and data.ndim == 3 else {}
     return {**{k: getattr(args, k) for k in keys}, "recipe_rev": RECIPE_REV, **extra}
 
 

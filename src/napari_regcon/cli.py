@@ -29,6 +29,7 @@ from napari_regcon.cli_checks import (
 from napari_regcon.console import progress_bar
 from napari_regcon.core.drive import drive
 from napari_regcon.core.errors import RegconError, is_out_of_memory
+from napari_regcon.core.precision import PRECISIONS
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -255,7 +256,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def _add_common_training(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument("--steps", type=positive_int, default=steps, help=f"optimisation steps (default {steps})")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="arithmetic: auto (default) = bf16 on CPUs with bf16 units, fp16/bf16 on CUDA, else fp32")
     p.add_argument("--patch-size", default=None, help="patch size: 128 (YX) or 8,64,64 (ZYX); default 128 (2D) or 8,128,128 (3D), cut to the image")
     p.add_argument("--ndim", type=int, choices=(2, 3), default=2, help="2: slice-wise model (EM default); 3: volumetric")
@@ -349,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", default=None, help="tile size, e.g. 256 or 16,128,128 (default 256x256 for a 2D model, 16,128,128 for a 3D model)")
     p.add_argument("--overlap", type=overlap_fraction, default=0.25, help="tile overlap fraction, 0 <= overlap < 1 (default 0.25)")
     p.add_argument("--batch-size", type=positive_int, default=4, help="tiles per forward pass (default 4)")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="arithmetic: auto (default) = bf16 on CPUs with bf16 units (0.01 %% of labels differ from "
                         "fp32 in our measurement), fp16/bf16 on CUDA, else fp32")
     p.add_argument("--channel-axis", type=int, default=None,
@@ -376,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrain-steps", type=positive_int, default=150, help="self-supervised steps (default 150)")
     p.add_argument("--finetune-steps", type=positive_int, default=250, help="fine-tuning steps (default 250)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="arithmetic of training and prediction (default auto: bf16 where the hardware has it)")
     _add_run_options(p, quiet="no progress messages")
     p.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --out folder")

@@ -29,6 +29,7 @@ from .layers import (
     in_viewer,
     labels_kwargs,
     layer_array,
+    move_to_top,
     parse_class_names,
     spatial_labels,
     spatial_shape,
@@ -302,13 +303,9 @@ class FinetuneWidget(QWidget):
         layer = self.preview_layer
         if in_viewer(self.viewer, layer) and tuple(layer.data.shape) == tuple(data.shape):
             run["restore"] = (layer, np.array(layer.data, copy=True))
-            layers, active = self.viewer.layers, self.viewer.layers.selection.active
-            run["restore_view"] = (layers.index(layer), layer.visible)
+            run["restore_view"] = (self.viewer.layers.index(layer), layer.visible)
             layer.visible = True  # a Predict after the last run hid it; this run's previews are news again
-            if layers.index(layer) != len(layers) - 1:  # above the predictions it supersedes
-                layers.move(layers.index(layer), len(layers))
-                if in_viewer(self.viewer, active):
-                    layers.selection.active = active
+            move_to_top(self.viewer, layer)  # above the predictions it supersedes
             return layer
         active = self.viewer.layers.selection.active
         names = class_names_of(run["labels"]) or parse_class_names(self.classes.text())

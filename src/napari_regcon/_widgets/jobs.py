@@ -126,8 +126,7 @@ def _relay(job: Job, stop: threading.Event, extra: Callable[[], Update | None] |
     def handle(ev: Any) -> Iterator[Update]:
         nonlocal pending, last, cancelled, message
         if ev.event == "start":
-            arithmetic = str(ev.device).split()[-1]  # "cpu bf16": the device, then the precision used
-            yield Started(ev.total, f"{_device_name(job.config.device)}, {arithmetic}", detail=str(ev.device),
+            yield Started(ev.total, f"{_device_name(job.config.device)}, {ev.precision}", detail=str(ev.device),
                           note=" ".join(job.info.get("notes", [])))
         elif ev.event == "step":
             pending.append((ev.step, ev.loss))

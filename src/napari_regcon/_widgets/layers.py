@@ -47,6 +47,17 @@ def in_viewer(viewer: Any, layer: Any) -> bool:
     return layer is not None and any(unwrap(ly) is unwrap(layer) for ly in viewer.layers)
 
 
+def move_to_top(viewer: Any, layer: Any, keep_active: bool = True) -> None:
+    """Put ``layer`` (in the viewer) on top of the layer list; the active layer stays the user's one
+    unless ``keep_active`` is False."""
+    layers, active = viewer.layers, viewer.layers.selection.active
+    index = layers.index(layer)
+    if index != len(layers) - 1:
+        layers.move(index, len(layers))
+    if keep_active and in_viewer(viewer, active):
+        layers.selection.active = active
+
+
 def layer_array(layer: Any) -> Any:
     """The full-resolution data of a layer (level 0 of a multiscale layer), never copied."""
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data

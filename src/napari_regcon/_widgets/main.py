@@ -21,7 +21,7 @@ from .correct import CorrectWidget
 from .finetune import FinetuneWidget
 from .fitting import Section
 from .jobs import warm_up
-from .layers import in_viewer
+from .layers import in_viewer, move_to_top
 from .predict import PredictWidget
 from .pretrain import PretrainWidget
 from .state import RunState, Session
@@ -127,9 +127,8 @@ class RegconWidget(QScrollArea):
             if lab is not None:
                 self.correct.labels.set_layer(lab)
                 if in_viewer(self.viewer, lab) and lab.data.shape == layer.data.shape:
-                    layers = self.viewer.layers
-                    layers.move(layers.index(lab), len(layers))
-                    layers.selection.active = lab
+                    move_to_top(self.viewer, lab, keep_active=False)
+                    self.viewer.layers.selection.active = lab
         self._open(3, after=self.predict.panel)  # the result's status line, and the next step
 
     def _on_busy(self, busy: bool) -> None:

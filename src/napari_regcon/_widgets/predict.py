@@ -8,7 +8,7 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_info
 from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -160,9 +160,7 @@ class PredictWidget(QWidget):
             step()
         except Exception as err:  # noqa: BLE001 - a broken result must not break the viewer
             self._pending = []
-            msg = f"Could not show the result ({type(err).__name__}: {err})."
-            self.status.message = msg
-            show_error(msg)
+            self.runner.result_failed(err)
             return
         if self._pending:
             QTimer.singleShot(0, self._next_layer)

@@ -144,16 +144,20 @@ class Runner:
         try:
             self._handle(upd)
         except Exception as err:  # noqa: BLE001 - a broken result must not break the viewer
-            self.failed = True
-            msg = widget_text(str(err)) if isinstance(err, RegconError) else \
-                f"Could not show the result ({type(err).__name__}: {err})."
-            st.message = msg
-            self._notify_error(msg)
+            self.result_failed(err)
             return
         if isinstance(upd, Finished) and not self.failed:
             self._last_error = ("", float("-inf"))  # a success: the next failure is news again
         if isinstance(upd, Finished) and self.note and self.note not in st.message:
             st.message = f"{st.message} {self.note}".strip()  # the note stays in view after the run
+
+    def result_failed(self, err: Exception) -> None:
+        """Showing the run's result raised ``err``: say so in the status line and once as an error."""
+        self.failed = True
+        msg = widget_text(str(err)) if isinstance(err, RegconError) else \
+            f"Could not show the result ({type(err).__name__}: {err})."
+        self.status.message = msg
+        self._notify_error(msg)
 
     def _notify_error(self, message: str) -> bool:
         """Show ``message`` as an error notification unless it was just shown; True if shown."""

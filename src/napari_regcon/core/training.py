@@ -73,7 +73,8 @@ class Progress:
     eta: float = float("nan")
     logs: dict[str, float] = field(default_factory=dict)
     path: str | None = None
-    device: str = ""
+    device: str = ""  # at start: the device and the arithmetic, e.g. "cpu bf16"
+    precision: str = ""  # at start: the arithmetic alone (fp32, bf16, fp16)
     reason: str = ""  # for ``done``: "steps" (all steps run) or "stable" (the prediction stopped changing)
     changed: float = float("nan")  # fraction of probe pixels whose class changed at the last check
 
@@ -302,7 +303,8 @@ def iter_train(model: UNet, task: Task, sampler: PatchSampler, config: TrainConf
     try:
         t0 = time.perf_counter()
         done_at_start = step
-        yield Progress("start", step, config.steps, device=f"{device} {precision_name(dtype)}")
+        yield Progress("start", step, config.steps, device=f"{device} {precision_name(dtype)}",
+                       precision=precision_name(dtype))
         model.train()
         task.train()
         while step < plan["end"]:
