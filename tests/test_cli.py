@@ -279,3 +279,7 @@ def test_recipe_param_changes_one_setting(files, capsys, tmp_path) -> None:
     assert recipe["name"] == "dense" and recipe["balanced"] is True
     capsys.readouterr()
     _fails(capsys, [*common, "--recipe-param", "balance=true", "--out", str(tmp_path / "x.pt")], "Unknown recipe setting")
+    out = tmp_path / "transfer.pt"  # the recipe for a model applied to other stacks
+    assert main([*common, "--recipe", "balanced", "--out", str(out)]) == 0
+    recipe = torch.load(out, weights_only=True)["data"]["recipe"]
+    assert recipe["name"] == "balanced" and recipe["balanced"] is True and recipe["plane_fraction"] == 1.0

@@ -97,6 +97,30 @@ def test_labeled_sampling_always_hits_annotations(em_small) -> None:
     assert seen == {0, 1}  # class-balanced: both classes present
 
 
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_plane_sampling_keeps_the_image_class_shares_on_annotated_planes(ndim) -> None:
+    """plane_fraction=1: patches lie over annotated planes, anywhere in Y/X, so a rare class comes in
+    its own share (as in a prediction tile), where sampling near labels over-represents it."""
+    truth = np.ones((12, 192, 192), np.uint8)
+    truth[:, 90:94, :] = 2  # a thin, rare class: 2 % of each plane
+    labels = np.zeros_like(truth)
+    labels[[3, 8]] = truth[[3, 8]]  # two planes labeled densely
+    ls = build_labelset(labels, truth.shape)  # 0 = not annotated
+    vol = Volume(np.random.default_rng(0).random(truth.shape).astype(np.float32))
+    patch = (32, 32) if ndim == 2 else (4, 32, 32)
+    share = {}
+    for fraction in (0.0, 1.0):
+        s = PatchSampler([vol], fit_normalization([vol]), patch, labels=[ls], seed=3, plane_fraction=fraction)
+        batches = [s.sample(8) for _ in range(40)]
+        origins = np.concatenate([b["origin"] for b in batches])
+        depth = 1 if ndim == 2 else patch[0]
+        assert all(({3, 8} & set(range(z, z + depth))) for z in origins[:, 0])  # over an annotated plane
+        target = np.concatenate([b["target"] for b in batches])
+        share[fraction] = float((target == 1).sum() / (target != IGNORE).sum())
+    assert share[1.0] < 0.035  # anywhere on the planes: about its own share (2.3 % expected for 32 px patches)
+    assert share[0.0] > 2 * share[1.0]  # near labels: a patch around a rare-class pixel half of the time
+
+
 @pytest.mark.parametrize("kind", ["zarr", "dask", "proxy"])
 def test_sampling_reads_only_patches(kind, tmp_path) -> None:
     rng = np.random.default_rng(0)

@@ -39,6 +39,9 @@ def test_auto_picks_strokes_for_sparse_and_dense_for_full_slices(em_small) -> No
     assert choose_recipe("auto", sparse).name == "strokes"
     assert choose_recipe("auto", build_labelset(full, truth.shape)).name == "dense"
     assert choose_recipe("strokes", sparse, ema=0.5).ema == 0.5
+    # for a model applied to other stacks: dense labels get the balanced recipe, strokes keep theirs
+    assert choose_recipe("balanced", build_labelset(full, truth.shape)).name == "balanced"
+    assert choose_recipe("balanced", sparse).name == "strokes"
     with pytest.raises(RegconError, match="Unknown fine-tuning recipe"):
         choose_recipe("sparse-magic", sparse)
     with pytest.raises(RegconError, match="Unknown recipe setting"):

@@ -180,6 +180,24 @@ def test_strokes_run_ends_by_itself_and_says_so(make_napari_viewer, qtbot, em_sm
     assert "ended by itself" in ft.status.message and "prediction stopped changing" in ft.status.message
 
 
+def test_other_stacks_box_trains_the_balanced_recipe_on_full_masks(make_napari_viewer, qtbot, em_small):
+    """'For other stacks' (Advanced) trains a dense slice with the balanced recipe; strokes keep theirs."""
+    raw, truth = em_small
+    viewer, w = make_widget(make_napari_viewer, raw)
+    ft = w.finetune
+    ft.classes.setText("cell, membrane")
+    labels = ft.create_labels_layer()
+    labels.data[0] = truth[0]  # one slice painted fully
+    labels.refresh()
+    ft.init.select(None)
+    tiny(ft, steps=3, patch="64")
+    ft.network.base.setValue(4)
+    ft.other_stacks.setChecked(True)
+    run(qtbot, ft)
+    recipe = w.session.latest("segmentation").bundle["data"]["recipe"]
+    assert recipe["name"] == "balanced" and recipe["balanced"] and recipe["plane_fraction"] == 1.0
+
+
 def _layers_now(viewer) -> dict[str, np.ndarray]:
     return {ly.name: np.array(ly.data, copy=True) for ly in viewer.layers}
 

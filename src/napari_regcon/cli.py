@@ -30,6 +30,7 @@ from napari_regcon.console import progress_bar
 from napari_regcon.core.drive import drive
 from napari_regcon.core.errors import RegconError, is_out_of_memory
 from napari_regcon.core.precision import PRECISIONS
+from napari_regcon.core.recipes import RECIPES
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -323,12 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dense", action="store_true", help="labels are a full mask: 0 is a class (background)")
     p.add_argument("--unlabeled", nargs="*", default=None, metavar="IMAGE", help="unlabeled images for semi-supervised training")
     p.add_argument("--class-names", default=None, help="comma-separated names of the classes, in increasing label value")
-    p.add_argument("--recipe", default="auto", choices=("auto", "strokes", "dense"),
+    p.add_argument("--recipe", default="auto", choices=("auto", *RECIPES),
                    help="auto (default): 'strokes' when under 30%% of the painted planes is annotated (balanced loss, "
-                        "edge-aware smoothness, averaged weights, stops when the prediction stops changing), else 'dense'")
+                        "edge-aware smoothness, averaged weights, stops when the prediction stops changing), else "
+                        "'dense'. 'balanced': full masks, for a model you will apply to other stacks whose objects "
+                        "fill a different share (classes weigh alike, patches anywhere on the labeled planes)")
     p.add_argument("--recipe-param", action="append", default=None, metavar="KEY=VALUE",
-                   help="change one setting of the recipe (repeatable), e.g. balanced=true: weigh the classes "
-                        "alike in the loss, for stacks whose objects fill a different share than the one you labeled")
+                   help="change one setting of the recipe (repeatable), e.g. smoothness=1")
     _add_common_training(p, 400)
     p.set_defaults(func=cmd_finetune)
 

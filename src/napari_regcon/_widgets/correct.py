@@ -48,8 +48,10 @@ class CorrectWidget(QWidget):
         form.addRow("Prediction", self.prediction)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 4, 0, 4)  # inside a Section: its indent is margin enough
-        lay.addWidget(hint("Paint a stroke of the right class through each wrong region, then Fine-tune "
-                           "again: the rest of the prediction stays as it was. Ctrl-Z undoes an accept or a copy."))
+        lay.addWidget(hint("Membranes, cells: accept this slice's prediction, paint over what is wrong, then "
+                           "Fine-tune again. Thin, sparse objects (vessels): only paint a stroke of the right class "
+                           "through each wrong region. The rest of the prediction stays as it was. Ctrl-Z undoes an "
+                           "accept or a copy."))
         lay.addLayout(form)
         lay.addWidget(self.overwrite)
         lay.addWidget(self.accept_slice)

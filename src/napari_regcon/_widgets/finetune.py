@@ -49,6 +49,11 @@ PREVIEW_TIP = ("While training, predict the slice in view with the current model
                "on the run: a preview takes at most ~10% of it, so large planes and 3D models update less often "
                "(the measured interval is shown here during the run). The first steps predict one class "
                "everywhere; the preview appears once the model tells the classes apart.")
+OTHER_STACKS_TIP = ("For a model you will apply to other stacks whose objects fill a different share of the volume "
+                    "(e.g. vessels 12 % of one two-photon stack, 36 % of another): with full masks the classes weigh "
+                    "alike and patches come from anywhere on the labeled planes (+10 Dice points from one VesselNN "
+                    "stack to another). Leave it off to predict the rest of the same stack: there it over-predicts "
+                    "the rarer class. Strokes weigh the classes alike already.")
 WARMING_UP = "live preview warming up (shown once the model tells the classes apart)"
 
 
@@ -102,8 +107,11 @@ class FinetuneWidget(QWidget):
         self.unlabeled.setToolTip("Optional unlabeled images: fine-tuning also learns from them (semi-supervised: two networks "
                                   "teach each other; a step costs about 8 supervised ones on a CPU)")
         self.network.form.addRow("Semi-supervised", self.unlabeled)
+        self.other_stacks = WrapCheckBox("For other stacks: weigh the classes alike (full masks)")
+        self.other_stacks.setToolTip(OTHER_STACKS_TIP)
         advanced = Section("Advanced")
         advanced.addWidget(self.network)
+        advanced.addWidget(self.other_stacks)
 
         form = QFormLayout()
         form.setContentsMargins(0, 0, 0, 0)
@@ -202,6 +210,7 @@ class FinetuneWidget(QWidget):
         if self.options.values()["ndim"] == 3:  # the chosen model's, when there is one
             warn_thin_isotropic(self.session, [img], channel_axis)
         options = FinetuneOptions(channel_axis=channel_axis, voxel_size=voxel_size_of(img, channel_axis),
+                                  recipe="balanced" if self.other_stacks.isChecked() else "auto",
                                   **self.options.values(), **self.network.values())
         params = FinetuneParams(options, init=entry.bundle if entry else None, class_names=names,
                                 unlabeled=[layer_array(ly) for ly in self.unlabeled.checked_layers()],

@@ -6,10 +6,13 @@ edge-aware smoothness on the unpainted pixels, patches from the whole stack, an 
 a learning rate held at its peak until the predicted regions stop changing, then a short
 cool-down and the end of the run, and short, gentle correction rounds that keep the unpainted
 pixels near the previous model's answer (distillation), so a correction changes what it covers.
-The dense recipe can balance the classes too (``balanced=True``), for models applied to stacks
-whose objects fill another share than the labeled one; not by default, because within one stack
-it over-weights the rarer class (measured in docs/benchmarks.md). ``auto`` picks by the painted
-fraction.
+Dense labels have a second recipe, ``balanced``, for a model that will be applied to other stacks,
+whose objects fill another share of the volume than the labeled one: the classes weigh alike in
+the cross-entropy, and patches are drawn anywhere on the annotated planes (so their statistics,
+which the network's GroupNorm learns, are those of a prediction tile rather than of windows
+centred on the rarer class). It is not the default, because within one stack it over-predicts the
+rarer class (measured in docs/benchmarks.md). ``auto`` picks ``strokes`` or ``dense`` by the
+painted fraction.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ class Recipe:
     smoothness: float = 0.0
     affine_scale: float = 0.0  # >= 1: random rotation and zoom in [1/s, s] of every patch (0: off)
     distill: float = 0.0  # a correction round: weight of keeping the unpainted pixels near the previous model
-    uniform_fraction: float = 0.0
+    uniform_fraction: float = 0.0  # share of patches drawn anywhere in the stack (unpainted context)
+    plane_fraction: float = 0.0  # of the others, share drawn anywhere on the annotated planes (else near labels)
     ema: float = 0.0
     stop_when_stable: bool = False
     stable_tol: float = 0.005  # share of probe pixels changing class between checks that counts as stable
@@ -61,17 +65,22 @@ RECIPES: dict[str, Recipe] = {
     "strokes": Recipe(name="strokes", dice_weight=0.0, balanced=True, smoothness=3.0, uniform_fraction=0.5,
                       ema=0.99, stop_when_stable=True, schedule="plateau", retrain_lr_scale=0.5, retrain_steps=150,
                       distill=1.0),
+    "balanced": Recipe(name="balanced", balanced=True, plane_fraction=1.0),
 }
 
 
 def choose_recipe(name: str | Recipe | None, labels: LabelSet, **overrides: Any) -> Recipe:
-    """The recipe ``name`` (``auto``/None: ``strokes`` for sparse labels, else ``dense``), with overrides."""
+    """The recipe ``name`` (``auto``/None: ``strokes`` for sparse labels, else ``dense``; ``balanced``:
+    itself for dense labels, ``strokes`` for sparse ones), with overrides."""
     if isinstance(name, Recipe):
         recipe = name
     else:
         key = (name or "auto").lower()
+        sparse = labels.painted_fraction < SPARSE_FRACTION
         if key == "auto":
-            key = "strokes" if labels.painted_fraction < SPARSE_FRACTION else "dense"
+            key = "strokes" if sparse else "dense"
+        elif key == "balanced" and sparse:
+            key = "strokes"  # strokes weigh the classes alike already, and need their own recipe
         if key not in RECIPES:
             raise RegconError(f"Unknown fine-tuning recipe {name!r}: use auto, {', '.join(RECIPES)}.")
         recipe = RECIPES[key]

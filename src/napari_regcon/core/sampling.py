@@ -92,9 +92,10 @@ class PatchSampler:
 
     def __init__(self, volumes: list[Volume], norm: Normalization, patch_size: tuple[int, ...],
                  labels: list[LabelSet | None] | None = None, seed: int = 0,
-                 uniform_fraction: float = 0.0) -> None:
+                 uniform_fraction: float = 0.0, plane_fraction: float = 0.0) -> None:
         self.volumes = volumes
         self.uniform_fraction = float(uniform_fraction)  # labeled sampling: share of patches drawn anywhere
+        self.plane_fraction = float(plane_fraction)  # ... and of the rest, share drawn anywhere on annotated planes
         self.norm = norm
         self.patch = tuple(int(p) for p in patch_size)
         self.ndim = len(self.patch)
@@ -104,6 +105,8 @@ class PatchSampler:
         sizes = np.array([float(np.prod(v.shape[1:])) for v in volumes])
         self._p_volume = sizes / sizes.sum()
         self._labeled = [i for i, lab in enumerate(self.labels) if lab is not None]
+        self._planes = {i: np.unique(np.concatenate([c[:, 0] for c in self.labels[i].coords.values()]))
+                        for i in self._labeled} if self.plane_fraction > 0 else {}
 
     @property
     def patch3(self) -> tuple[int, int, int]:
@@ -112,6 +115,13 @@ class PatchSampler:
 
     def _start_uniform(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:
         return tuple(int(self.rng.integers(0, s - p + 1)) for s, p in zip(shape, self.patch3))
+
+    def _start_on_planes(self, i: int, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        """Anywhere in Y/X, over an annotated plane: a patch whose classes come in the image's own
+        proportions (as in a prediction tile), not in the balanced ones of :meth:`_start_near`."""
+        z = int(self.rng.choice(self._planes[i]))
+        lo = int(np.clip(z - int(self.rng.integers(0, self.patch3[0])), 0, shape[0] - self.patch3[0]))
+        return (lo, *(int(self.rng.integers(0, s - p + 1)) for s, p in zip(shape[1:], self.patch3[1:])))
 
     def _start_near(self, labels: LabelSet, shape: tuple[int, int, int]) -> tuple[int, int, int]:
         cls = int(self.rng.integers(labels.n_classes))
@@ -156,6 +166,8 @@ class PatchSampler:
                 i = int(self.rng.choice(self._labeled))
                 if self.uniform_fraction > 0 and self.rng.random() < self.uniform_fraction:
                     start = self._start_uniform(self.volumes[i].shape[1:])  # unpainted context
+                elif self.plane_fraction > 0 and self.rng.random() < self.plane_fraction:
+                    start = self._start_on_planes(i, self.volumes[i].shape[1:])
                 else:
                     start = self._start_near(self.labels[i], self.volumes[i].shape[1:])
             else:

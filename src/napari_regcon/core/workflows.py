@@ -257,7 +257,7 @@ def finetune_job(image: Any, labels: Any, options: FinetuneOptions | None = None
             teacher.load_state_dict(model.state_dict())
             task.set_teacher(teacher)  # a correction round: keep what the user did not repaint
         sampler = PatchSampler([vol], norm, patch, labels=[labelset], seed=o.seed,
-                               uniform_fraction=chosen.uniform_fraction)
+                               uniform_fraction=chosen.uniform_fraction, plane_fraction=chosen.plane_fraction)
     names = list(o.class_names) if o.class_names else [f"class {v}" for v in labelset.class_values]
     classes = Classes([int(v) for v in labelset.class_values], names, o.dense)
 
