@@ -18,9 +18,13 @@ Datasets:
 
 Arms: ``rf`` (random forest, 50 trees, scikit-image multiscale features, as ilastik), ``random``
 (random init, the recipe ``--recipe``), a pretext name (pretrained first, cached), ``semi``
-(``--unlabeled``: the semi-supervised task with the stack as unlabeled pool). ``ARM@RECIPE`` or
+(``--unlabeled``: the semi-supervised task with the stack as unlabeled pool), ``ens`` (a random-init
+network and the forest fit on the same strokes, their probabilities averaged; the record also
+keeps the Dice of each alone). ``ARM@RECIPE`` or
 ``ARM@RECIPE:key=value,...`` picks another recipe (e.g. ``random@dense`` is the recipe before
-this benchmark existed).
+this benchmark existed) or changes its settings; ``patch=``, ``batch=`` and ``precision=`` there set the
+job's patch size, batch size and arithmetic instead (the arm's string is split at commas first,
+so give one such setting per arm).
 
     python benchmarks/annotation_loop.py --dataset isbi --arms rf,random,random@dense --seeds 0,1,2 --threads 1
 
@@ -175,7 +179,10 @@ def parse_arm(spec: str) -> tuple[str, str, dict[str, Any]]:
     params: dict[str, Any] = {}
     for kv in filter(None, kvs.split(",")):
         k, _, v = kv.partition("=")
-        params[k] = json.loads(v) if v not in ("", None) else True
+        try:
+            params[k] = json.loads(v) if v not in ("", None) else True
+        except json.JSONDecodeError:  # a word: precision=fp32
+            params[k] = v
     return arm, recipe or "auto", params
 
 
@@ -206,6 +213,10 @@ class NetworkArm:
 
     def __init__(self, data: Dataset, recipe: str, params: dict, init: dict | None, seed: int,
                  args: argparse.Namespace, unlabeled: list[np.ndarray] | None = None) -> None:
+        params = dict(params)
+        self.patch = str(params.pop("patch", data.patch))  # job settings in an arm's spec, not the recipe's
+        self.batch_size = int(params.pop("batch", data.batch_size))
+        self.precision = str(params.pop("precision", "auto"))
         self.data, self.recipe, self.params, self.init, self.seed, self.args = data, recipe, params, init, seed, args
         self.unlabeled = unlabeled
         self.bundle: dict | None = None
@@ -215,9 +226,10 @@ class NetworkArm:
     def fit(self, labels: np.ndarray, round_: int) -> None:
         steps = self.args.steps if round_ == 0 else self.args.retrain_steps
         init = self.init if self.bundle is None else self.bundle
-        job = finetune_job(self.data.image, labels, init=init, ndim=self.data.ndim, patch_size=self.data.patch,
-                           steps=steps, batch_size=self.data.batch_size, seed=self.seed + 101 * round_,
-                           device=self.args.device, checkpoint_every=0, unlabeled=self.unlabeled,
+        job = finetune_job(self.data.image, labels, init=init, ndim=self.data.ndim, patch_size=self.patch,
+                           steps=steps, batch_size=self.batch_size, seed=self.seed + 101 * round_,
+                           device=self.args.device, precision=self.precision, checkpoint_every=0,
+                           unlabeled=self.unlabeled,
                            recipe=self.recipe, recipe_params=self.params, voxel_size=self.data.voxel)
         trace: list[tuple[int, float]] = []
         self.bundle = job.run(callback=lambda ev: trace.append((ev.step, ev.changed))
@@ -228,6 +240,11 @@ class NetworkArm:
     def predict(self, image: np.ndarray) -> np.ndarray:
         pred, _ = run_predict(self.bundle, image, device=self.args.device)
         return np.asarray(pred)
+
+    def probabilities(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(class values, probabilities with the classes first)."""
+        _, probs = run_predict(self.bundle, image, device=self.args.device, probabilities=True)
+        return np.asarray(self.bundle["classes"]["values"]), np.asarray(probs)
 
 
 class ForestArm:
@@ -266,6 +283,49 @@ class ForestArm:
         f = self._plane_features(image)
         return self.clf.predict(f.reshape(-1, f.shape[-1])).reshape(image.shape).astype(np.uint8)
 
+    def probabilities(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(class values, probabilities with the classes first)."""
+        f = self._plane_features(image)
+        p = self.clf.predict_proba(f.reshape(-1, f.shape[-1]))
+        return np.asarray(self.clf.classes_), np.moveaxis(p.reshape(*image.shape, -1), -1, 0)
+
+
+class EnsembleArm:
+    """The network and the forest fit on the same strokes; the prediction averages their probabilities."""
+
+    def __init__(self, net: NetworkArm, forest: ForestArm, weight: float = 0.5) -> None:
+        self.net, self.forest, self.weight = net, forest, weight
+        self.parts: dict[str, dict[str, float]] = {}
+
+    @property
+    def steps_run(self) -> int:
+        return self.net.steps_run
+
+    @property
+    def changed_trace(self) -> list[tuple[int, float]]:
+        return self.net.changed_trace
+
+    def fit(self, labels: np.ndarray, round_: int) -> None:
+        self.net.fit(labels, round_)
+        self.forest.fit(labels, round_)
+
+    def _both(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        values, pn = self.net.probabilities(image)
+        fvalues, pf = self.forest.probabilities(image)
+        assert list(values) == list(fvalues), (values, fvalues)
+        return values, pn, pf
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        values, pn, pf = self._both(image)
+        return values[np.argmax(self.weight * pn + (1 - self.weight) * pf, axis=0)].astype(np.uint8)
+
+    def score_parts(self, image: np.ndarray, truth: np.ndarray, target: int) -> dict[str, float]:
+        """Dice of the network alone, the forest alone and the average, from one pass of each."""
+        values, pn, pf = self._both(image)
+        return {name: dice(values[np.argmax(p, axis=0)], truth, target)
+                for name, p in (("net", pn), ("forest", pf), ("mean", 0.5 * pn + 0.5 * pf),
+                                ("net_0.7", 0.7 * pn + 0.3 * pf))}
+
 
 # ----------------------------------------------------------------------------- the loop
 
@@ -277,6 +337,8 @@ def run_loop(data: Dataset, spec: str, seed: int, args: argparse.Namespace) -> d
     torch.manual_seed(seed)
     if arm_name == "rf":
         arm: Any = ForestArm(data, seed)
+    elif arm_name == "ens":  # random-init network + forest on the same strokes, probabilities averaged
+        arm = EnsembleArm(NetworkArm(data, recipe, params, None, seed, args), ForestArm(data, seed))
     else:
         init, unlabeled = None, None
         if arm_name == "semi":
@@ -301,20 +363,27 @@ def run_loop(data: Dataset, spec: str, seed: int, args: argparse.Namespace) -> d
         painted_pred = list(arm.predict(data.image[data.paint_planes]) if data.ndim == 2
                             else arm.predict(data.image)[data.paint_planes])
         round_s = time.perf_counter() - t0
-        scores = {}
+        scores, parts = {}, {}
         for name, (img, truth) in data.evals.items():
-            pred = arm.predict(img)
-            scores[name] = dice(pred, truth, data.target)
+            if isinstance(arm, EnsembleArm):
+                parts[name] = arm.score_parts(img, truth, data.target)
+                scores[name] = parts[name]["mean"]
+            else:
+                scores[name] = dice(arm.predict(img), truth, data.target)
         painted = int(painted_mask[data.paint_planes].sum())
         rec = {"round": r, "painted": painted,
                "painted_pct": 100.0 * painted / (len(data.paint_planes) * data.truth[0].size),
                "round_s": round_s, "steps": arm.steps_run, "dice": scores, "changed": arm.changed_trace,
                "painted_dice": float(np.mean([dice(p, data.truth[z], data.target)
                                               for z, p in zip(data.paint_planes, painted_pred)]))}
+        if parts:
+            rec["parts"] = parts
         rounds.append(rec)
         print(f"[{data.name} {spec} seed {seed}] round {r}: painted {rec['painted_pct']:.2f} %, "
               + ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
-              + f", {round_s:.0f} s, {arm.steps_run} steps", flush=True)
+              + f", {round_s:.0f} s, {arm.steps_run} steps"
+              + "".join(f"; {k}: " + ", ".join(f"{n} {v:.3f}" for n, v in d.items()) for k, d in parts.items()),
+              flush=True)
     return {"dataset": data.name, "arm": spec, "seed": seed, "rounds": rounds, **extra,
             "settings": settings(args, data)}
 
