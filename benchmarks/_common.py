@@ -140,3 +140,11 @@ def busy_processes(n: int) -> Iterator[None]:
         stop.set()
         for proc in spinners:
             proc.join()
+
+
+def recipe_spec(text: str | None) -> tuple[str, dict[str, Any] | None]:
+    """A ``--recipe NAME[:key=value,...]`` option as (name, recipe parameters); None: ``auto``."""
+    from napari_regcon.core.options import parse_params
+
+    name, _, kvs = (text or "auto").partition(":")
+    return name, parse_params(kvs.split(",")) if kvs else None

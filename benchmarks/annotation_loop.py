@@ -295,7 +295,6 @@ class EnsembleArm:
 
     def __init__(self, net: NetworkArm, forest: ForestArm, weight: float = 0.5) -> None:
         self.net, self.forest, self.weight = net, forest, weight
-        self.parts: dict[str, dict[str, float]] = {}
 
     @property
     def steps_run(self) -> int:

@@ -27,6 +27,7 @@ from _common import (
     machine_info,
     markdown_table,
     read_json,
+    recipe_spec,
     text_table,
     write_json,
     write_text,
@@ -35,7 +36,6 @@ from annotation_loop import first_strokes, load_dataset
 
 from napari_regcon.core.checkpoint import load_bundle, save_bundle
 from napari_regcon.core.metrics import dice
-from napari_regcon.core.options import parse_params
 from napari_regcon.core.workflows import finetune_job, run_predict
 
 NAME = "tile_size"
@@ -57,8 +57,7 @@ def trained(data: Any, labels_kind: str, seed: int, steps: int, recipe: str | No
     else:
         labels = np.zeros_like(data.truth)
         labels[data.paint_planes] = data.truth[data.paint_planes]
-    name, _, kvs = (recipe or "auto").partition(":")
-    params = parse_params(kvs.split(",")) if kvs else None
+    name, params = recipe_spec(recipe)
     job = finetune_job(data.image, labels, ndim=data.ndim, patch_size=data.patch, steps=steps,
                        batch_size=data.batch_size, seed=seed, checkpoint_every=0, recipe=name, recipe_params=params)
     bundle = job.run()

@@ -35,11 +35,18 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, markdown_table, read_json, text_table, write_json, write_text  # noqa: E402
+from _common import (  # noqa: E402
+    machine_info,
+    markdown_table,
+    read_json,
+    recipe_spec,
+    text_table,
+    write_json,
+    write_text,
+)
 
 from napari_regcon.core.io import read_voxel_size  # noqa: E402
 from napari_regcon.core.metrics import dice  # noqa: E402
-from napari_regcon.core.options import parse_params  # noqa: E402
 from napari_regcon.core.pretext.mim import anisotropic_cell  # noqa: E402
 from napari_regcon.core.workflows import finetune_job, pretrain_job, run_predict  # noqa: E402
 
@@ -124,8 +131,7 @@ def run(args: argparse.Namespace, name: str = NAME) -> dict[str, Any]:
         settings["recipe"] = args.recipe
     if args.ndim == 3 and args.voxel_model:  # the network follows the voxel size (absent in earlier results)
         settings["voxel_model"] = True
-    recipe, _, kvs = (args.recipe or "auto").partition(":")
-    recipe_params = parse_params(kvs.split(",")) if kvs else None
+    recipe, recipe_params = recipe_spec(args.recipe)
     previous = read_json(name) if not args.fresh else None
     done: dict[str, Any] = previous["runs"] if previous and previous.get("settings") == settings else {}
     voxel = read_voxel_size(VESSEL / f"raw_{TRAIN_STACK}.tif")
