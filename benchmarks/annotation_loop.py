@@ -22,8 +22,8 @@ Arms: ``rf`` (random forest, 50 trees, scikit-image multiscale features, as ilas
 network and the forest fit on the same strokes, their probabilities averaged; the record also
 keeps the Dice of each alone). ``ARM@RECIPE`` or
 ``ARM@RECIPE:key=value,...`` picks another recipe (e.g. ``random@dense`` is the recipe before
-this benchmark existed) or changes its settings; ``patch=``, ``batch=`` and ``precision=`` there set the
-job's patch size, batch size and arithmetic instead (the arm's string is split at commas first,
+this benchmark existed) or changes its settings; ``patch=``, ``batch=``, ``precision=``, ``base=`` and
+``depth=`` there set the job's patch size, batch size, arithmetic and network width / depth instead (the arm's string is split at commas first,
 so give one such setting per arm).
 
     python benchmarks/annotation_loop.py --dataset isbi --arms rf,random,random@dense --seeds 0,1,2 --threads 1
@@ -217,6 +217,7 @@ class NetworkArm:
         self.patch = str(params.pop("patch", data.patch))  # job settings in an arm's spec, not the recipe's
         self.batch_size = int(params.pop("batch", data.batch_size))
         self.precision = str(params.pop("precision", "auto"))
+        self.arch = {k: int(params.pop(k)) for k in ("base", "depth") if k in params}  # the network's width / depth
         self.data, self.recipe, self.params, self.init, self.seed, self.args = data, recipe, params, init, seed, args
         self.unlabeled = unlabeled
         self.bundle: dict | None = None
@@ -230,7 +231,7 @@ class NetworkArm:
                            steps=steps, batch_size=self.batch_size, seed=self.seed + 101 * round_,
                            device=self.args.device, precision=self.precision, checkpoint_every=0,
                            unlabeled=self.unlabeled,
-                           recipe=self.recipe, recipe_params=self.params, voxel_size=self.data.voxel)
+                           recipe=self.recipe, recipe_params=self.params, voxel_size=self.data.voxel, **self.arch)
         trace: list[tuple[int, float]] = []
         self.bundle = job.run(callback=lambda ev: trace.append((ev.step, ev.changed))
                               if ev.event == "step" and ev.step % job.config.stable_every == 0 else None)
@@ -390,8 +391,11 @@ def run_loop(data: Dataset, spec: str, seed: int, args: argparse.Namespace) -> d
 # ----------------------------------------------------------------------------- reporting
 
 #: the revision of core's recipes a record was made with (2: plateau schedule, stop on settled regions;
-#: 3: correction rounds distilled from the previous model; a 3D network follows the voxel size)
-RECIPE_REV = 3
+#: 3: correction rounds distilled from the previous model; a 3D network follows the voxel size;
+#: 4: the dense recipe, used after "accept", draws its patches anywhere on the annotated planes;
+#: 5: ... and weighs the classes alike, adding half of the labels' log class prior back at prediction;
+#: 6: a correction round on full masks, as after "accept", uses the ``refine`` recipe (rev 3's dense one))
+RECIPE_REV = 6
 
 
 def net_3d(data: Dataset) -> str:

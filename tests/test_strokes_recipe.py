@@ -37,7 +37,10 @@ def test_auto_picks_strokes_for_sparse_and_dense_for_full_slices(em_small) -> No
     full = np.zeros_like(truth)
     full[0] = truth[0]
     assert choose_recipe("auto", sparse).name == "strokes"
-    assert choose_recipe("auto", build_labelset(full, truth.shape)).name == "dense"
+    dense = choose_recipe("auto", build_labelset(full, truth.shape))
+    assert dense.name == "dense"
+    # full masks: classes weighed alike, patches anywhere on the labeled planes, half the prior back
+    assert dense.plane_fraction == 1.0 and dense.balanced and dense.prior_shift == 0.5
     assert choose_recipe("strokes", sparse, ema=0.5).ema == 0.5
     # for a model applied to other stacks: dense labels get the balanced recipe, strokes keep theirs
     assert choose_recipe("balanced", build_labelset(full, truth.shape)).name == "balanced"

@@ -327,8 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default="auto", choices=("auto", *RECIPES),
                    help="auto (default): 'strokes' when under 30%% of the painted planes is annotated (balanced loss, "
                         "edge-aware smoothness, averaged weights, stops when the prediction stops changing), else "
-                        "'dense'. 'balanced': full masks, for a model you will apply to other stacks whose objects "
-                        "fill a different share (classes weigh alike, patches anywhere on the labeled planes)")
+                        "'dense' (classes weighed alike in training, half of the labels' class prior added back at "
+                        "prediction). 'balanced': full masks, for a model you will apply only to other stacks whose "
+                        "objects fill a different share (none of the prior added back)")
     p.add_argument("--recipe-param", action="append", default=None, metavar="KEY=VALUE",
                    help="change one setting of the recipe (repeatable), e.g. smoothness=1")
     _add_common_training(p, 400)

@@ -49,11 +49,12 @@ PREVIEW_TIP = ("While training, predict the slice in view with the current model
                "on the run: a preview takes at most ~10% of it, so large planes and 3D models update less often "
                "(the measured interval is shown here during the run). The first steps predict one class "
                "everywhere; the preview appears once the model tells the classes apart.")
-OTHER_STACKS_TIP = ("For a model you will apply to other stacks whose objects fill a different share of the volume "
-                    "(e.g. vessels 12 % of one two-photon stack, 36 % of another): with full masks the classes weigh "
-                    "alike and patches come from anywhere on the labeled planes (+10 Dice points from one VesselNN "
-                    "stack to another). Leave it off to predict the rest of the same stack: there it over-predicts "
-                    "the rarer class. Strokes weigh the classes alike already.")
+OTHER_STACKS_TIP = ("Full masks already train with the classes weighed alike, and half of this stack's class shares "
+                    "is added back at prediction, so a model carries over to stacks whose objects fill another share "
+                    "of the volume. Tick this for a model you will apply only to other stacks: none of this stack's "
+                    "shares is added back (vessel Dice from one VesselNN stack to another a further +2 points). Leave "
+                    "it off to segment this stack: there it over-predicts the rarer class. Strokes weigh the "
+                    "classes alike already.")
 WARMING_UP = "live preview warming up (shown once the model tells the classes apart)"
 
 
@@ -107,7 +108,7 @@ class FinetuneWidget(QWidget):
         self.unlabeled.setToolTip("Optional unlabeled images: fine-tuning also learns from them (semi-supervised: two networks "
                                   "teach each other; a step costs about 8 supervised ones on a CPU)")
         self.network.form.addRow("Semi-supervised", self.unlabeled)
-        self.other_stacks = WrapCheckBox("For other stacks: weigh the classes alike (full masks)")
+        self.other_stacks = WrapCheckBox("Only for other stacks: ignore this stack's class shares (full masks)")
         self.other_stacks.setToolTip(OTHER_STACKS_TIP)
         advanced = Section("Advanced")
         advanced.addWidget(self.network)

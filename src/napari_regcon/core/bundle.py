@@ -14,7 +14,8 @@ Layout (version 1, unchanged since 0.1.0)::
     model          UNetConfig            the architecture
     state_dict     {name: tensor}        the weights
     normalization  Normalization         percentile normalisation of the training images
-    classes        Classes               label values and names (segmentation)
+    classes        Classes               label values and names (segmentation); an optional logit
+                                         offset added at prediction (older readers keep and ignore it)
     pretext        PretextInfo           the self-supervised method; "finetune" inside it holds the
                                          SemiSupervisedInfo of a semi-supervised fine-tuning
     history        History               loss per step
@@ -78,6 +79,15 @@ def _strs(v: Any, name: str) -> list[str]:
     return list(v)
 
 
+def _floats(v: Any, name: str) -> list[float] | None:
+    if v is None:
+        return None
+    if not isinstance(v, (list, tuple)) or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                   for x in v):
+        raise _Malformed(f"{name} is not a list of numbers")
+    return [float(x) for x in v]
+
+
 def _table(v: Any, name: str) -> dict | None:
     if v is None:
         return None
@@ -105,11 +115,14 @@ class _Section:
 
 @dataclass
 class Classes(_Section):
-    """Labels info: the label values the model predicts (in head order), their names, dense or sparse."""
+    """Labels info: the label values the model predicts (in head order), their names, dense or sparse,
+    and ``logit_offset``: added to the head's logits at prediction (not in training), e.g. a share of
+    the labels' log class prior on a model trained with the classes weighed alike."""
 
     values: list[int] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     dense: bool | None = None
+    logit_offset: list[float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -117,7 +130,8 @@ class Classes(_Section):
         d = _section(d, "classes")
         dense = d.get("dense")
         return cls(_ints(d.get("values", []), "classes.values"), _strs(d.get("names", []), "classes.names"),
-                   None if dense is None else bool(dense), cls._extra(d))
+                   None if dense is None else bool(dense), _floats(d.get("logit_offset"), "classes.logit_offset"),
+                   cls._extra(d))
 
     def name_of(self, value: int) -> str:
         """The name of a label value (``class V`` when the bundle does not name it)."""
@@ -358,6 +372,10 @@ class Bundle:
             if self.classes.names and len(self.classes.names) != len(self.classes.values):
                 raise RegconError(f"{path} is a malformed napari-regcon bundle ({len(self.classes.names)} class "
                                   f"names for {len(self.classes.values)} label values).")
+            offset = self.classes.logit_offset
+            if offset is not None and len(offset) != len(self.classes.values):
+                raise RegconError(f"{path} is a malformed napari-regcon bundle ({len(offset)} logit offsets for "
+                                  f"{len(self.classes.values)} label values).")
             if any(v < 0 or v > 65535 for v in self.classes.values):
                 raise RegconError(f"{path} is a malformed napari-regcon bundle (label values outside 0..65535).")
         if len(self.history.step) != len(self.history.loss):
@@ -372,9 +390,14 @@ class Bundle:
         return self.kind == "segmentation"
 
     def build_model(self) -> UNet:
-        """The network of the bundle with its weights, in eval mode."""
+        """The network of the bundle with its weights, in eval mode, for prediction: the classes'
+        ``logit_offset`` is added to the head's bias (training continues from :attr:`state_dict`)."""
         model = build_model(self.model)
         model.load_state_dict(self.state_dict)
+        offset = self.classes.logit_offset
+        if offset is not None and model.head.bias is not None:
+            with torch.no_grad():
+                model.head.bias += torch.tensor(offset, dtype=model.head.bias.dtype)
         return model.eval()
 
     def channel_axis(self, given: int | None = None) -> int | None:

@@ -27,6 +27,13 @@ class LabelSet:
     class_values: list[int] = field(default_factory=list)
     coords: dict[int, np.ndarray] = field(default_factory=dict)  # class index -> (N, 3) zyx
     painted_fraction: float = 1.0  # annotated share of the planes that carry any annotation
+    counts: dict[int, int] = field(default_factory=dict)  # class index -> annotated pixels
+
+    @property
+    def shares(self) -> np.ndarray:
+        """Each class's share of the annotated pixels (class order; equal shares if not counted)."""
+        n = np.array([self.counts.get(i, 0) for i in range(self.n_classes)], np.float64)
+        return n / n.sum() if n.sum() > 0 else np.full(self.n_classes, 1.0 / max(1, self.n_classes))
 
     @property
     def n_classes(self) -> int:
@@ -98,4 +105,5 @@ def build_labelset(labels: Any, spatial_shape: tuple[int, ...], dense: bool = Fa
         coords[idx] = c
     plane_size = int(np.prod(shape[-2:]))
     fraction = sum(counts.values()) / max(1, painted_planes * plane_size)
-    return LabelSet(labels, dense, [int(v) for v in values], coords, float(fraction))
+    return LabelSet(labels, dense, [int(v) for v in values], coords, float(fraction),
+                    {idx: int(counts[v]) for idx, v in enumerate(values)})

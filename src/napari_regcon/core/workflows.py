@@ -225,7 +225,12 @@ def finetune_job(image: Any, labels: Any, options: FinetuneOptions | None = None
         left_random = load_init(model, init_b)
         continued = init_b.is_segmentation and not left_random
         pretext_info, semi_info = init_b.pretext, init_b.semi_supervised
-    chosen = choose_recipe(o.recipe, labelset, **(o.recipe_params or {}))
+    name = o.recipe
+    if resume_b is not None and (name or "auto") == "auto" and resume_b.data.recipe:
+        name = resume_b.data.recipe.get("name", name)  # a resumed run keeps the recipe it ran with
+    chosen = choose_recipe(name, labelset, **(o.recipe_params or {}))
+    if continued and chosen.retrain_as:  # a correction round on full masks has a recipe of its own
+        chosen = choose_recipe(chosen.retrain_as, labelset, **(o.recipe_params or {}))
     lr = chosen.lr if chosen.lr is not None else o.lr
     steps = o.steps
     stop_rule: dict[str, int] = {}
@@ -259,7 +264,8 @@ def finetune_job(image: Any, labels: Any, options: FinetuneOptions | None = None
         sampler = PatchSampler([vol], norm, patch, labels=[labelset], seed=o.seed,
                                uniform_fraction=chosen.uniform_fraction, plane_fraction=chosen.plane_fraction)
     names = list(o.class_names) if o.class_names else [f"class {v}" for v in labelset.class_values]
-    classes = Classes([int(v) for v in labelset.class_values], names, o.dense)
+    classes = Classes([int(v) for v in labelset.class_values], names, o.dense,
+                      logit_offset=None if vols_u else chosen.logit_offset(labelset))
 
     def bundle_fn(m: UNet, history: dict, state: dict) -> dict:
         return Bundle("segmentation", cfg, cpu_weights(m.state_dict()), norm, classes=classes, pretext=pretext_info,
