@@ -52,7 +52,7 @@ PREVIEW_TIP = ("While training, predict the slice in view with the current model
 OTHER_STACKS_TIP = ("Full masks already train with the classes weighed alike, and half of this stack's class shares "
                     "is added back at prediction, so a model carries over to stacks whose objects fill another share "
                     "of the volume. Tick this for a model you will apply only to other stacks: none of this stack's "
-                    "shares is added back (vessel Dice from one VesselNN stack to another a further +2 points). Leave "
+                    "shares is added back (vessel Dice from one VesselNN stack to another a further +2 to +3 points). Leave "
                     "it off to segment this stack: there it over-predicts the rarer class. Strokes weigh the "
                     "classes alike already.")
 WARMING_UP = "live preview warming up (shown once the model tells the classes apart)"
