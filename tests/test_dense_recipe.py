@@ -15,17 +15,23 @@ from napari_regcon.core.recipes import choose_recipe
 from napari_regcon.core.workflows import finetune_job, run_predict
 
 
-def test_offset_is_half_the_log_prior_of_the_labels() -> None:
-    """A class on 10 % of the labeled pixels, one on 90 %: the offsets differ by half of log 9."""
-    labels = np.ones((1, 10, 10), np.uint8)
+def test_offset_is_half_the_log_prior_scaled_by_the_unlabeled_planes() -> None:
+    """A class on 10 % of the labeled pixels, one on 90 %, one plane of four labeled: the offsets differ
+    by half of log 9 times the 3/4 of the planes left unlabeled; with every plane labeled there is none."""
+    labels = np.zeros((4, 10, 10), np.uint8)
+    labels[0] = 1
     labels[0, 0] = 2  # one row of ten: 10 %
-    ls = build_labelset(labels, labels.shape)
+    ls = build_labelset(labels, labels.shape, dense=False)
     np.testing.assert_allclose(ls.shares, [0.9, 0.1])
-    dense = choose_recipe("auto", ls)
+    assert ls.plane_share == pytest.approx(0.25)
+    dense = choose_recipe("dense", ls)
     offset = dense.logit_offset(ls)
     assert offset is not None and abs(sum(offset)) < 1e-9  # centred
-    assert offset[0] - offset[1] == pytest.approx(0.5 * np.log(9.0))
+    assert offset[0] - offset[1] == pytest.approx(0.5 * 0.75 * np.log(9.0))
     assert choose_recipe("balanced", ls).logit_offset(ls) is None  # for other stacks: no prior at all
+    # every plane labeled: the model can only be meant for other stacks, so no prior is added back
+    full = build_labelset(np.tile(labels[:1], (4, 1, 1)), labels.shape)
+    assert full.plane_share == 1.0 and dense.logit_offset(full) is None
 
 
 def test_offset_applies_at_prediction_and_not_to_a_continued_training(em_small, tiny) -> None:

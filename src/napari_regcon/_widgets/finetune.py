@@ -49,9 +49,10 @@ PREVIEW_TIP = ("While training, predict the slice in view with the current model
                "on the run: a preview takes at most ~10% of it, so large planes and 3D models update less often "
                "(the measured interval is shown here during the run). The first steps predict one class "
                "everywhere; the preview appears once the model tells the classes apart.")
-OTHER_STACKS_TIP = ("Full masks already train with the classes weighed alike, and half of this stack's class shares "
-                    "is added back at prediction, so a model carries over to stacks whose objects fill another share "
-                    "of the volume. Tick this for a model you will apply only to other stacks: none of this stack's "
+OTHER_STACKS_TIP = ("Full masks already train with the classes weighed alike, and up to half of this stack's class "
+                    "shares is added back at prediction (less the more planes you label; none when every plane is "
+                    "labeled), so a model carries over to stacks whose objects fill another share of the volume. "
+                    "Tick this for a model you will apply only to other stacks: none of this stack's "
                     "shares is added back (vessel Dice from one VesselNN stack to another a further +2 to +3 points). Leave "
                     "it off to segment this stack: there it over-predicts the rarer class. Strokes weigh the "
                     "classes alike already.")

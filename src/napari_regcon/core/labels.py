@@ -28,6 +28,7 @@ class LabelSet:
     coords: dict[int, np.ndarray] = field(default_factory=dict)  # class index -> (N, 3) zyx
     painted_fraction: float = 1.0  # annotated share of the planes that carry any annotation
     counts: dict[int, int] = field(default_factory=dict)  # class index -> annotated pixels
+    plane_share: float = 1.0  # share of the image's planes that carry any annotation
 
     @property
     def shares(self) -> np.ndarray:
@@ -106,4 +107,4 @@ def build_labelset(labels: Any, spatial_shape: tuple[int, ...], dense: bool = Fa
     plane_size = int(np.prod(shape[-2:]))
     fraction = sum(counts.values()) / max(1, painted_planes * plane_size)
     return LabelSet(labels, dense, [int(v) for v in values], coords, float(fraction),
-                    {idx: int(counts[v]) for idx, v in enumerate(values)})
+                    {idx: int(counts[v]) for idx, v in enumerate(values)}, painted_planes / planes)

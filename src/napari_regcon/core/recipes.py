@@ -14,11 +14,15 @@ whose statistics the network's GroupNorm learns, are then those of a prediction 
 windows centred on each class in turn). At prediction half of the labels' log class prior is
 added back to the logits (``prior_shift``, stored in the bundle as the classes' logit offset): the
 full prior would make the model the labeled stack's, none over-predicts the rarer class within it.
+The share added shrinks with the share of planes labeled: with every plane of the stack labeled,
+none (the model is then for other stacks only).
 Measured (docs/benchmarks.md): the same Dice on the same stack as plain cross-entropy, +4 to +6
 points on another stack. ``balanced`` adds none of the prior back, for a model meant only for
 other stacks. A correction round on full masks (continuing a segmentation model, e.g. after
 "Accept this slice's prediction") uses ``refine``: plain cross-entropy + soft Dice around the labels.
-``auto`` picks ``strokes`` or ``dense`` by the painted fraction.
+``auto`` picks ``strokes`` or ``dense`` by the painted fraction. Settings measured and left as options
+(docs/benchmarks.md): ``smooth_sigma=0`` (the smoothness's edge scale from the image), ``jitter`` (the
+strength of the intensity augmentation), ``encoder_lr_scale`` (a pretrained encoder's share of the rate).
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ class Recipe:
     consistency: float = 0.0
     threshold: float = 0.9
     smoothness: float = 0.0
+    smooth_sigma: float = 0.1  # intensity scale of the smoothness's edges (0: the image's neighbour contrast)
+    jitter: float = 1.0  # strength of the intensity augmentation (contrast, brightness, gamma, noise; 0: off)
     affine_scale: float = 0.0  # >= 1: random rotation and zoom in [1/s, s] of every patch (0: off)
     distill: float = 0.0  # a correction round: weight of keeping the unpainted pixels near the previous model
     uniform_fraction: float = 0.0  # share of patches drawn anywhere in the stack (unpainted context)
@@ -59,24 +65,28 @@ class Recipe:
     retrain_check_every: int | None = None  # such a run checks stability this often (None: the loop's default)
     prior_shift: float = 0.0  # at prediction, add this times the labels' log class shares to the logits
     retrain_as: str | None = None  # a run that continues a segmentation model uses this recipe instead
+    encoder_lr_scale: float = 1.0  # from a pretrained (not segmentation) model: the encoder's share of the rate
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def logit_offset(self, labels: LabelSet) -> list[float] | None:
-        """``prior_shift`` times the labels' log class shares, centred (None when it is 0): added to the
-        logits at prediction, it moves a model trained with the classes weighed alike part of the way
-        back to the labeled stack's class prior."""
-        if not self.prior_shift:
+        """The labels' log class shares, centred, times ``prior_shift`` and the share of the image's planes
+        left unlabeled (None when that is 0): added to the logits at prediction, it moves a model trained
+        with the classes weighed alike part of the way back to the labeled stack's class prior. The prior
+        is evidence about the planes the user did not label; with every plane labeled the model can only
+        be meant for other stacks, whose objects may fill another share (issue 13), so none is added."""
+        shift = self.prior_shift * (1.0 - labels.plane_share)
+        if shift <= 1e-6:
             return None
         log_prior = np.log(np.clip(labels.shares, 1e-4, None))
-        return [float(v) for v in self.prior_shift * (log_prior - log_prior.mean())]
+        return [float(v) for v in shift * (log_prior - log_prior.mean())]
 
     def task_params(self) -> dict[str, Any]:
         """Keyword arguments of :class:`~napari_regcon.core.supervised.SupervisedTask`."""
         return {"dice_weight": self.dice_weight, "balanced": self.balanced, "consistency": self.consistency,
-                "threshold": self.threshold, "smoothness": self.smoothness, "affine_scale": self.affine_scale,
-                "distill": self.distill}
+                "threshold": self.threshold, "smoothness": self.smoothness, "smooth_sigma": self.smooth_sigma,
+                "affine_scale": self.affine_scale, "distill": self.distill, "jitter": self.jitter}
 
 
 RECIPES: dict[str, Recipe] = {

@@ -122,7 +122,8 @@ class SupervisedTask(Task):
 
     def __init__(self, n_classes: int, dice_weight: float = 1.0, augment: bool = True,
                  balanced: bool = False, consistency: float = 0.0, threshold: float = 0.9,
-                 smoothness: float = 0.0, affine_scale: float = 0.0, distill: float = 0.0) -> None:
+                 smoothness: float = 0.0, affine_scale: float = 0.0, distill: float = 0.0,
+                 smooth_sigma: float = 0.1, edges_from_image: bool = False, jitter: float = 1.0) -> None:
         super().__init__()
         self.n_classes = int(n_classes)
         self.dice_weight = float(dice_weight)
@@ -131,6 +132,9 @@ class SupervisedTask(Task):
         self.consistency = float(consistency)
         self.threshold = float(threshold)
         self.smoothness = float(smoothness)
+        self.smooth_sigma = float(smooth_sigma)
+        self.jitter = float(jitter)  # strength of the intensity augmentation
+        self.edges_from_image = bool(edges_from_image)  # smoothness on the patch before intensity jitter
         self.affine_scale = float(affine_scale)
         self.distill = float(distill)
         self._teacher: list[UNet] = []  # a list, so the frozen copy is not part of the task's state
@@ -162,7 +166,10 @@ class SupervisedTask(Task):
             out["input_weak"] = torch.from_numpy(np.ascontiguousarray(image))
             out["input"] = torch.from_numpy(intensity(image, rng, strength=2.0))
         else:
-            out["input"] = torch.from_numpy(intensity(image, rng) if self.augment else image)
+            jittered = self.augment and self.jitter > 0
+            out["input"] = torch.from_numpy(intensity(image, rng, strength=self.jitter) if jittered else image)
+            if self.smoothness > 0 and self.augment and self.edges_from_image:  # the image's edges, not the jitter's
+                out["edges"] = torch.from_numpy(np.ascontiguousarray(image))
         return out
 
     def loss(self, model: UNet, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -179,7 +186,9 @@ class SupervisedTask(Task):
         total = ce + self.dice_weight * dice
         logs = {"ce": float(ce.detach()), "dice": float(dice.detach())}
         if self.smoothness > 0:
-            smooth = edge_aware_smoothness(logits, batch.get("input_weak", batch["input"]))
+            edges = batch.get("edges", batch.get("input_weak", batch["input"]))
+            smooth = edge_aware_smoothness(logits, edges,
+                                           sigma_intensity=self.smooth_sigma)
             total = total + self.smoothness * smooth
             logs["smoothness"] = float(smooth.detach())
         if self.distill > 0 and self._teacher:
@@ -198,5 +207,5 @@ class SupervisedTask(Task):
 
     def params(self) -> dict[str, Any]:
         return {"dice_weight": self.dice_weight, "balanced": self.balanced, "consistency": self.consistency,
-                "threshold": self.threshold, "smoothness": self.smoothness, "affine_scale": self.affine_scale,
-                "distill": self.distill}
+                "threshold": self.threshold, "smoothness": self.smoothness, "smooth_sigma": self.smooth_sigma,
+                "affine_scale": self.affine_scale, "distill": self.distill, "jitter": self.jitter}

@@ -52,6 +52,7 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine: warm-up + cosine over the step limit; plateau: warm-up, constant, cool-down
     cooldown: float = 0.15  # plateau: share of the step limit spent decaying, at the end or once stable
     prefetch: bool = False  # draw the next batch in a background thread while the step runs (core.prefetch)
+    encoder_lr_scale: float = 1.0  # the network's encoder learns at this share of the rate (a pretrained start)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -230,7 +231,12 @@ def iter_train(model: UNet, task: Task, sampler: PatchSampler, config: TrainConf
     task.bind(model)  # tasks whose heads are sized by the network build them now
     task.to(device)
     params = [p for p in list(model.parameters()) + list(task.parameters()) if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    groups: list[dict[str, Any]] = [{"params": params}]
+    if config.encoder_lr_scale != 1.0 and hasattr(model, "encoder"):  # the first group's rate is the one reported
+        enc = {id(p) for p in model.encoder.parameters()}
+        groups = [{"params": [p for p in params if id(p) not in enc]},
+                  {"params": [p for p in params if id(p) in enc], "lr": config.lr * config.encoder_lr_scale}]
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     plateau = config.schedule == "plateau"
     cool = max(1, int(round(config.cooldown * config.steps)))
     # the plateau schedule decays over the last ``cool`` steps, or from the step the probe found stable

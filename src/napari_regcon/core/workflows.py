@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .bundle import (
     DEFAULT_TRANSFER,
     Bundle,
@@ -37,7 +39,7 @@ from .models import (
     build_model,
     transferable_state,
 )
-from .normalize import fit_normalization
+from .normalize import fit_normalization, neighbour_contrast
 from .options import FinetuneOptions, PretrainOptions, parse_patch, with_fields
 from .predict import predict_arrays, run_predict  # noqa: F401  (the Python API of earlier versions)
 from .pretext import get_pretext
@@ -244,7 +246,8 @@ def finetune_job(image: Any, labels: Any, options: FinetuneOptions | None = None
     config = TrainConfig(steps=steps, batch_size=o.batch_for(ndim), lr=lr, seed=o.seed, device=o.device,
                          checkpoint_every=o.checkpoint_every, ema=chosen.ema,
                          stop_when_stable=chosen.stop_when_stable, stable_tol=chosen.stable_tol,
-                         schedule=chosen.schedule, precision=o.precision, **stop_rule)
+                         schedule=chosen.schedule, precision=o.precision, **stop_rule,
+                         encoder_lr_scale=chosen.encoder_lr_scale if init_b is not None and not init_b.is_segmentation else 1.0)
     task: Task
     if vols_u:
         try:
@@ -256,7 +259,11 @@ def finetune_job(image: Any, labels: Any, options: FinetuneOptions | None = None
         sampler: PatchSampler = SemiSupervisedSampler([vol], norm, patch, [labelset], [vol, *vols_u], seed=o.seed)
         semi_info = SemiSupervisedInfo(task.name, task.params(), len(vols_u))
     else:
-        task = SupervisedTask(labelset.n_classes, **chosen.task_params())
+        params = chosen.task_params()
+        if chosen.smoothness > 0 and chosen.smooth_sigma <= 0:  # edges on the image's own contrast scale,
+            params["smooth_sigma"] = float(np.clip(neighbour_contrast(vol, norm), 0.005, 1.0))
+            params["edges_from_image"] = True  # seen before the intensity jitter (measured: not the default)
+        task = SupervisedTask(labelset.n_classes, **params)
         if chosen.distill > 0 and continued:
             teacher = build_model(cfg)
             teacher.load_state_dict(model.state_dict())
