@@ -169,7 +169,7 @@ class SupervisedTask(Task):
             jittered = self.augment and self.jitter > 0
             out["input"] = torch.from_numpy(intensity(image, rng, strength=self.jitter) if jittered else image)
             if self.smoothness > 0 and self.augment and self.edges_from_image:  # the image's edges, not the jitter's
-                out["edges"] = torch.from_numpy(np.ascontiguousarray(image))
+                out["input_weak"] = torch.from_numpy(np.ascontiguousarray(image))
         return out
 
     def loss(self, model: UNet, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -186,8 +186,7 @@ class SupervisedTask(Task):
         total = ce + self.dice_weight * dice
         logs = {"ce": float(ce.detach()), "dice": float(dice.detach())}
         if self.smoothness > 0:
-            edges = batch.get("edges", batch.get("input_weak", batch["input"]))
-            smooth = edge_aware_smoothness(logits, edges,
+            smooth = edge_aware_smoothness(logits, batch.get("input_weak", batch["input"]),
                                            sigma_intensity=self.smooth_sigma)
             total = total + self.smoothness * smooth
             logs["smoothness"] = float(smooth.detach())
