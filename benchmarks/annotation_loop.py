@@ -172,6 +172,18 @@ def correction_strokes(truth: np.ndarray, pred: np.ndarray, labels: np.ndarray, 
 
 # ----------------------------------------------------------------------------- arms
 
+def split_arms(text: str) -> list[str]:
+    """``--arms`` into arm specs: commas separate arms, except before another ``k=v`` of the same arm
+    (``random@strokes:smoothness=1,retrain_smoothness=3`` is one arm)."""
+    specs: list[str] = []
+    for token in filter(None, text.split(",")):
+        if specs and "=" in token and "@" not in token and ":" in specs[-1]:
+            specs[-1] += "," + token
+        else:
+            specs.append(token)
+    return specs
+
+
 def parse_arm(spec: str) -> tuple[str, str, dict[str, Any]]:
     """``ARM[@RECIPE[:k=v,...]]`` into (arm, recipe, overrides)."""
     arm, _, rest = spec.partition("@")
@@ -505,7 +517,7 @@ def main(argv: list[str] | None = None) -> None:
     data = load_dataset(args.dataset)
     stored = read_json(NAME) or {"records": [], "machine": []}
     done = {_key(r): r for r in stored["records"]}
-    for spec in args.arms.split(","):
+    for spec in split_arms(args.arms):
         for seed in (int(s) for s in args.seeds.split(",")):
             probe = {"dataset": data.name, "arm": spec, "seed": seed,
                      "settings": settings(args, data)}

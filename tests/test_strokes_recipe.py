@@ -17,6 +17,7 @@ from napari_regcon.core.normalize import Normalization, neighbour_contrast
 from napari_regcon.core.precision import resolve_precision
 from napari_regcon.core.recipes import RECIPES, choose_recipe
 from napari_regcon.core.supervised import (
+    CorrectionMemory,
     balanced_cross_entropy,
     consistency_loss,
     distillation_loss,
@@ -196,6 +197,14 @@ def test_correction_round_continues_the_model_at_a_lower_rate(em_small, tiny) ->
     assert capped.info["notes"] == [f"A correction round continues the current model: at most {cap} steps."]
     for k, v in first["state_dict"].items():  # it starts from every weight of the current model
         torch.testing.assert_close(again.model.state_dict()[k], v)
+    recipe = RECIPES["strokes"]
+    first_smooth = finetune_job(raw, labels, steps=8, seed=0, recipe="strokes", **tiny).task.smoothness
+    retrained = finetune_job(raw, labels, init=first, steps=8, seed=1, recipe="strokes", **tiny).task.smoothness
+    assert first_smooth == recipe.smoothness
+    assert retrained == (recipe.smoothness if recipe.retrain_smoothness is None else recipe.retrain_smoothness)
+    other = finetune_job(raw, labels, init=first, steps=8, seed=1, recipe="strokes",
+                         recipe_params={"retrain_smoothness": 0.5}, **tiny)
+    assert other.task.smoothness == 0.5 and other.info["recipe"].smoothness == 0.5
 
 
 def test_precision_choice() -> None:
@@ -256,6 +265,55 @@ def test_distillation_counts_only_unpainted_pixels_and_vanishes_at_the_teacher()
     assert float(distillation_loss(other, teacher, target)) == pytest.approx(0.0, abs=1e-6)
     other[:, :, 6:] += torch.randn(2, 3, 2, 8) * 3  # and now where nobody painted
     assert float(distillation_loss(other, teacher, target)) > 0.05
+
+
+def test_release_lets_go_of_what_looks_like_the_pixels_the_previous_model_got_wrong() -> None:
+    # the previous model says class 1 on two kinds of region, A (truly 1) and B (truly 0); the user painted
+    # one pixel of each with its true class. Every unpainted pixel of kind B is released,
+    # those of kind A stay held, and the distillation no longer pulls at the released ones.
+    feats = torch.zeros(1, 4, 4, 6)
+    feats[0, 0, :, :3] = 1.0  # kind A
+    feats[0, 1, :, 3:] = 1.0  # kind B
+    feats = feats + 0.05 * torch.rand(feats.shape, generator=torch.Generator().manual_seed(0))
+    unit = torch.nn.functional.normalize(feats, dim=1)
+    said = torch.ones(1, 4, 6, dtype=torch.long)
+    target = torch.full((1, 4, 6), IGNORE)
+    target[0, 0, 0], target[0, 0, 5] = 1, 0
+    memory = CorrectionMemory(2)
+    memory.update(unit, said, target)
+    released = memory.released(unit, said, target)
+    free = target == IGNORE
+    assert released[..., 3:][free[..., 3:]].all()  # kind B: released
+    assert not released[..., :3].any() and not released[~free].any()  # kind A and every painted pixel: held
+    teacher = torch.stack([torch.full((4, 6), -2.0), torch.full((4, 6), 2.0)])[None]
+    student = teacher.clone()
+    student[..., 3:] = -student[..., 3:]  # the student changed its mind on kind B only
+    assert float(distillation_loss(student, teacher, target)) > 0.5
+    assert float(distillation_loss(student, teacher, target, released)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_nothing_is_released_before_a_painted_pixel_shows_the_model_wrong() -> None:
+    memory = CorrectionMemory(2)
+    unit = torch.nn.functional.normalize(torch.rand(2, 4, 8, 8), dim=1)
+    said = torch.randint(0, 2, (2, 8, 8))
+    target = torch.full((2, 8, 8), IGNORE)
+    target[:, 0] = said[:, 0]  # every painted pixel agrees with the previous model
+    memory.update(unit, said, target)
+    assert not memory.released(unit, said, target).any()
+
+
+def test_a_correction_round_with_release_fills_its_memory_from_the_painted_pixels(em_small) -> None:
+    raw, truth = em_small
+    labels = strokes_on(truth)
+    settings = {"base": 8, "depth": 2, "batch_size": 4, "patch_size": 64, "lr": 3e-3}
+    first = finetune_job(raw, labels, steps=20, seed=0, recipe="strokes", **settings).run()
+    labels[1, ::9] = truth[1, ::9]
+    job = finetune_job(raw, labels, init=first, steps=6, seed=1, recipe="strokes",
+                       recipe_params={"release": True, "stop_when_stable": False}, **settings)
+    assert job.task.params()["release"] and job.task.memory is not None
+    job.run()
+    banks = [b for b in job.task.memory.right + job.task.memory.wrong if b is not None]
+    assert banks and all(b.shape[1] == 8 and len(b) <= job.task.memory.size for b in banks)
 
 
 def test_a_distilled_correction_round_changes_less_outside_the_new_strokes(em_small) -> None:

@@ -53,6 +53,7 @@ class Recipe:
     jitter: float = 1.0  # strength of the intensity augmentation (contrast, brightness, gamma, noise; 0: off)
     affine_scale: float = 0.0  # >= 1: random rotation and zoom in [1/s, s] of every patch (0: off)
     distill: float = 0.0  # a correction round: weight of keeping the unpainted pixels near the previous model
+    release: bool = False  # distillation lets go of what looks (to that model) like the pixels it got wrong
     uniform_fraction: float = 0.0  # share of patches drawn anywhere in the stack (unpainted context)
     plane_fraction: float = 0.0  # of the others, share drawn anywhere on the annotated planes (else near labels)
     ema: float = 0.0
@@ -63,6 +64,7 @@ class Recipe:
     retrain_lr_scale: float = 1.0  # a run that continues a segmentation model scales its lr by this
     retrain_steps: int | None = None  # such a run does at most this many steps (a correction round)
     retrain_check_every: int | None = None  # such a run checks stability this often (None: the loop's default)
+    retrain_smoothness: float | None = None  # such a run's smoothness weight (None: ``smoothness``)
     prior_shift: float = 0.0  # at prediction, add this times the labels' log class shares to the logits
     retrain_as: str | None = None  # a run that continues a segmentation model uses this recipe instead
     encoder_lr_scale: float = 1.0  # from a pretrained (not segmentation) model: the encoder's share of the rate
@@ -86,7 +88,8 @@ class Recipe:
         """Keyword arguments of :class:`~napari_regcon.core.supervised.SupervisedTask`."""
         return {"dice_weight": self.dice_weight, "balanced": self.balanced, "consistency": self.consistency,
                 "threshold": self.threshold, "smoothness": self.smoothness, "smooth_sigma": self.smooth_sigma,
-                "affine_scale": self.affine_scale, "distill": self.distill, "jitter": self.jitter}
+                "affine_scale": self.affine_scale, "distill": self.distill, "jitter": self.jitter,
+                "release": self.release}
 
 
 RECIPES: dict[str, Recipe] = {

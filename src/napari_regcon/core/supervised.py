@@ -7,6 +7,9 @@ the pixel-level cross-supervision of the semi-supervised paper with one network)
 confident prediction of a weakly augmented view the target of a strongly augmented one. In a
 correction round an optional distillation term keeps the unpainted pixels near the prediction of
 the model the round continues (``distill``): the new strokes change what they cover, not the rest.
+With ``release`` the term lets go of the pixels that look, to the previous model, more like the
+painted pixels it got wrong than like those it got right (:class:`CorrectionMemory`): a correction
+stroke then changes the regions of its kind across the stack, not only the pixels it covers.
 """
 
 from __future__ import annotations
@@ -60,11 +63,14 @@ def consistency_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch
     return (per_pixel * mask).sum() / n_unpainted, float(mask.sum()) / n_unpainted
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor,
+                      released: torch.Tensor | None = None) -> torch.Tensor:
     """KL divergence from the ``teacher``'s class probabilities to the ``student``'s, mean over unpainted pixels.
 
     Learning without forgetting (Li & Hoiem 2016) for a correction round: where the user painted
-    nothing new, the previous model's answer stays the reference.
+    nothing new, the previous model's answer stays the reference. Pixels in ``released`` (a boolean
+    mask like ``target``) are left out of the sum but still count in the mean, so the pull elsewhere
+    is unchanged.
     """
     unpainted = (target == IGNORE).unsqueeze(1)
     if not unpainted.any():
@@ -72,7 +78,65 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, target: torc
     log_s = student.float().log_softmax(1)
     log_t = teacher.detach().float().log_softmax(1)
     kl = (log_t.exp() * (log_t - log_s)).sum(1, keepdim=True)
-    return (kl * unpainted).sum() / unpainted.sum()
+    held = unpainted if released is None else unpainted & ~released.unsqueeze(1)
+    return (kl * held).sum() / unpainted.sum()
+
+
+class CorrectionMemory:
+    """The previous model's features at painted pixels, split by its predicted class and whether the
+    paint agrees with it: ``right[c]`` (it says c, the label is c) and ``wrong[c]`` (it says c, the
+    label is another class). Filled from each batch (first in, first out, ``size`` per bank).
+
+    :meth:`released` marks the unpainted pixels whose nearest painted neighbour in that feature space
+    (cosine) is one the model got wrong: the regions a correction showed to be wrong, wherever in the
+    stack they are, which the distillation then stops holding at the previous answer.
+    """
+
+    def __init__(self, n_classes: int, size: int = 256, per_step: int = 64, seed: int = 0) -> None:
+        self.size, self.per_step = int(size), int(per_step)
+        self.right: list[torch.Tensor | None] = [None] * n_classes
+        self.wrong: list[torch.Tensor | None] = [None] * n_classes
+        self._gen = torch.Generator().manual_seed(seed)
+
+    def _push(self, banks: list[torch.Tensor | None], c: int, feats: torch.Tensor) -> None:
+        if len(feats) > self.per_step:
+            feats = feats[torch.randperm(len(feats), generator=self._gen)[: self.per_step].to(feats.device)]
+        old = banks[c]
+        banks[c] = feats if old is None else torch.cat([old, feats])[-self.size:]
+
+    def update(self, feats: torch.Tensor, said: torch.Tensor, target: torch.Tensor) -> None:
+        """Add the painted pixels of a batch: ``feats`` (N, C, ...) unit-normalised, ``said`` the previous
+        model's classes, ``target`` the labels (IGNORE where unpainted)."""
+        flat = feats.movedim(1, -1).reshape(-1, feats.shape[1])
+        said, target = said.reshape(-1), target.reshape(-1)
+        painted = target != IGNORE
+        for c in range(len(self.right)):
+            here = painted & (said == c)
+            if here.any():
+                agree = target == c
+                if (here & agree).any():
+                    self._push(self.right, c, flat[here & agree])
+                if (here & ~agree).any():
+                    self._push(self.wrong, c, flat[here & ~agree])
+
+    def released(self, feats: torch.Tensor, said: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Boolean mask (shaped like ``target``) of the unpainted pixels nearer the wrong bank of their
+        class than its right bank."""
+        out = torch.zeros(target.shape, dtype=torch.bool, device=target.device)
+        flat = feats.movedim(1, -1).reshape(-1, feats.shape[1])
+        said_f, free = said.reshape(-1), (target == IGNORE).reshape(-1)
+        view = out.view(-1)
+        for c, (right, wrong) in enumerate(zip(self.right, self.wrong)):
+            if wrong is None:
+                continue
+            idx = torch.nonzero(free & (said_f == c)).squeeze(1)
+            if idx.numel() == 0:
+                continue
+            f = flat[idx]
+            near_wrong = (f @ wrong.T).amax(1)
+            near_right = (f @ right.T).amax(1) if right is not None else torch.full_like(near_wrong, -1.0)
+            view[idx[near_wrong > near_right]] = True
+        return out
 
 
 def edge_aware_smoothness(logits: torch.Tensor, image: torch.Tensor, radius: int = 2, dilation: int = 1,
@@ -123,7 +187,8 @@ class SupervisedTask(Task):
     def __init__(self, n_classes: int, dice_weight: float = 1.0, augment: bool = True,
                  balanced: bool = False, consistency: float = 0.0, threshold: float = 0.9,
                  smoothness: float = 0.0, affine_scale: float = 0.0, distill: float = 0.0,
-                 smooth_sigma: float = 0.1, edges_from_image: bool = False, jitter: float = 1.0) -> None:
+                 smooth_sigma: float = 0.1, edges_from_image: bool = False, jitter: float = 1.0,
+                 release: bool = False) -> None:
         super().__init__()
         self.n_classes = int(n_classes)
         self.dice_weight = float(dice_weight)
@@ -137,7 +202,9 @@ class SupervisedTask(Task):
         self.edges_from_image = bool(edges_from_image)  # smoothness on the patch before intensity jitter
         self.affine_scale = float(affine_scale)
         self.distill = float(distill)
+        self.release = bool(release)
         self._teacher: list[UNet] = []  # a list, so the frozen copy is not part of the task's state
+        self.memory = CorrectionMemory(self.n_classes) if self.release else None
 
     def out_channels(self, in_channels: int) -> int:
         return self.n_classes
@@ -191,11 +258,21 @@ class SupervisedTask(Task):
             total = total + self.smoothness * smooth
             logs["smoothness"] = float(smooth.detach())
         if self.distill > 0 and self._teacher:
+            released = None
             with torch.no_grad():
-                reference = self._teacher[0](batch["input"])
-            kd = distillation_loss(logits, reference, target)
+                teacher = self._teacher[0]
+                feats = teacher.features(batch["input"])[1][-1]
+                reference = teacher.head(feats)
+                if self.memory is not None:  # its last features, where it tells its classes apart
+                    unit = F.normalize(feats.float(), dim=1)
+                    said = reference.argmax(1)
+                    self.memory.update(unit, said, target)
+                    released = self.memory.released(unit, said, target)
+            kd = distillation_loss(logits, reference, target, released)
             total = total + self.distill * kd
             logs["distill"] = float(kd.detach())
+            if released is not None:
+                logs["released"] = float(released.float().mean())
         if self.consistency > 0 and "input_weak" in batch:
             with torch.no_grad():
                 teacher = model(batch["input_weak"])
@@ -207,4 +284,5 @@ class SupervisedTask(Task):
     def params(self) -> dict[str, Any]:
         return {"dice_weight": self.dice_weight, "balanced": self.balanced, "consistency": self.consistency,
                 "threshold": self.threshold, "smoothness": self.smoothness, "smooth_sigma": self.smooth_sigma,
-                "affine_scale": self.affine_scale, "distill": self.distill, "jitter": self.jitter}
+                "affine_scale": self.affine_scale, "distill": self.distill, "jitter": self.jitter,
+                "release": self.release}

@@ -10,7 +10,7 @@ return value is the final model bundle. Prediction is :mod:`napari_regcon.core.p
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +233,8 @@ def finetune_job(image: Any, labels: Any, options: FinetuneOptions | None = None
     chosen = choose_recipe(name, labelset, **(o.recipe_params or {}))
     if continued and chosen.retrain_as:  # a correction round on full masks has a recipe of its own
         chosen = choose_recipe(chosen.retrain_as, labelset, **(o.recipe_params or {}))
+    if continued and chosen.retrain_smoothness is not None:
+        chosen = replace(chosen, smoothness=chosen.retrain_smoothness)
     lr = chosen.lr if chosen.lr is not None else o.lr
     steps = o.steps
     stop_rule: dict[str, int] = {}
