@@ -407,7 +407,8 @@ def run_loop(data: Dataset, spec: str, seed: int, args: argparse.Namespace) -> d
 #: 4: the dense recipe, used after "accept", draws its patches anywhere on the annotated planes;
 #: 5: ... and weighs the classes alike, adding half of the labels' log class prior back at prediction;
 #: 6: a correction round on full masks, as after "accept", uses the ``refine`` recipe (rev 3's dense one);
-#: 7: the strokes recipe's first run has smoothness 1, its correction rounds 3)
+#: 7: the strokes recipe's first run has smoothness 1 on faint images (neighbour contrast < 0.05: VesselNN), 3 on
+#: others (ISBI, unchanged from rev 6); correction rounds 3)
 RECIPE_REV = 7
 
 

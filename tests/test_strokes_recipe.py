@@ -9,6 +9,7 @@ import contextlib
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage as ndi
 
 from napari_regcon.core.errors import RegconError
 from napari_regcon.core.labels import IGNORE, build_labelset
@@ -200,8 +201,12 @@ def test_correction_round_continues_the_model_at_a_lower_rate(em_small, tiny) ->
     recipe = RECIPES["strokes"]
     first_smooth = finetune_job(raw, labels, steps=8, seed=0, recipe="strokes", **tiny).task.smoothness
     retrained = finetune_job(raw, labels, init=first, steps=8, seed=1, recipe="strokes", **tiny).task.smoothness
-    assert first_smooth == recipe.smoothness == 1.0  # weaker in the first run: at 3 it floods dim planes
-    assert retrained == recipe.retrain_smoothness == 3.0  # a correction round, held by the distillation
+    assert first_smooth == recipe.smoothness == 3.0 == retrained  # an EM crop: the full weight
+    faint = ndi.gaussian_filter(raw.astype(np.float32), (0, 3, 3))  # neighbour contrast 0.03, as VesselNN's
+    faint_first = finetune_job(faint, labels, steps=8, seed=0, recipe="strokes", **tiny)
+    assert faint_first.task.smoothness == recipe.faint_smoothness == 1.0  # at 3 it floods dim planes
+    faint_again = finetune_job(faint, labels, init=first, steps=8, seed=1, recipe="strokes", **tiny)
+    assert faint_again.task.smoothness == 3.0  # a correction round, held by the distillation
     other = finetune_job(raw, labels, init=first, steps=8, seed=1, recipe="strokes",
                          recipe_params={"retrain_smoothness": 0.5}, **tiny)
     assert other.task.smoothness == 0.5 and other.info["recipe"].smoothness == 0.5

@@ -6,7 +6,7 @@ edge-aware smoothness on the unpainted pixels, patches from the whole stack, an 
 a learning rate held at its peak until the predicted regions stop changing, then a short
 cool-down and the end of the run, and short, gentle correction rounds that keep the unpainted
 pixels near the previous model's answer (distillation), so a correction changes what it covers;
-the smoothness is weaker in the first run than in correction rounds.
+on faint images (two-photon) the first run's smoothness is weaker.
 Dense labels (``dense``) train a model whose prediction does not lean on the class shares of the
 labeled stack, so that it carries over to stacks whose objects fill another share of the volume
 (vessels fill 12 % of one two-photon stack and 36 % of another): cross-entropy with the classes
@@ -67,6 +67,8 @@ class Recipe:
     retrain_steps: int | None = None  # such a run does at most this many steps (a correction round)
     retrain_check_every: int | None = None  # such a run checks stability this often (None: the loop's default)
     retrain_smoothness: float | None = None  # such a run's smoothness weight (None: ``smoothness``)
+    faint_smoothness: float | None = None  # a first run's smoothness on an image whose neighbour contrast is
+    # under half ``smooth_sigma`` (None: ``smoothness``): there the fixed edge scale sees no edges, only noise
     prior_shift: float = 0.0  # at prediction, add this times the labels' log class shares to the logits
     retrain_as: str | None = None  # a run that continues a segmentation model uses this recipe instead
     encoder_lr_scale: float = 1.0  # from a pretrained (not segmentation) model: the encoder's share of the rate
@@ -96,11 +98,11 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "dense": Recipe(balanced=True, plane_fraction=1.0, prior_shift=0.5, retrain_as="refine"),
-    # smoothness 1 in the first run (at 3 it floods the dim planes of two-photon stacks with vessel), 3 in a
-    # correction round (held by the distillation; 1 there loses ground on ISBI). Six seeds: benchmarks.md.
-    "strokes": Recipe(name="strokes", dice_weight=0.0, balanced=True, smoothness=1.0, uniform_fraction=0.5,
+    # on a faint image (neighbour contrast under half the edge scale: two-photon, not EM) the first run's
+    # smoothness is 1, as at 3 it floods dim planes with vessel; correction rounds keep 3. Six seeds: benchmarks.md.
+    "strokes": Recipe(name="strokes", dice_weight=0.0, balanced=True, smoothness=3.0, uniform_fraction=0.5,
                       ema=0.99, stop_when_stable=True, schedule="plateau", retrain_lr_scale=0.5, retrain_steps=150,
-                      distill=1.0, retrain_smoothness=3.0),
+                      distill=1.0, faint_smoothness=1.0),
     "balanced": Recipe(name="balanced", balanced=True, plane_fraction=1.0),
     # a correction round on full masks (an accepted slice, then fixed): plain cross-entropy + soft Dice,
     # patches centred near each class in turn. The labels are mostly the model's own prediction, and

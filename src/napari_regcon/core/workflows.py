@@ -235,6 +235,9 @@ def finetune_job(image: Any, labels: Any, options: FinetuneOptions | None = None
         chosen = choose_recipe(chosen.retrain_as, labelset, **(o.recipe_params or {}))
     if continued and chosen.retrain_smoothness is not None:
         chosen = replace(chosen, smoothness=chosen.retrain_smoothness)
+    elif (not continued and chosen.faint_smoothness is not None and chosen.smoothness > 0 and chosen.smooth_sigma > 0
+          and neighbour_contrast(vol, norm) < 0.5 * chosen.smooth_sigma):
+        chosen = replace(chosen, smoothness=chosen.faint_smoothness)  # the edge scale would see no edges
     lr = chosen.lr if chosen.lr is not None else o.lr
     steps = o.steps
     stop_rule: dict[str, int] = {}
