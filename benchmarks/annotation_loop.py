@@ -191,6 +191,9 @@ def parse_arm(spec: str) -> tuple[str, str, dict[str, Any]]:
     params: dict[str, Any] = {}
     for kv in filter(None, kvs.split(",")):
         k, _, v = kv.partition("=")
+        if ";" in v:  # a list: filter_scales=1;2;4;8
+            params[k] = [json.loads(x) for x in v.split(";") if x]
+            continue
         try:
             params[k] = json.loads(v) if v not in ("", None) else True
         except json.JSONDecodeError:  # a word: precision=fp32
@@ -408,8 +411,9 @@ def run_loop(data: Dataset, spec: str, seed: int, args: argparse.Namespace) -> d
 #: 5: ... and weighs the classes alike, adding half of the labels' log class prior back at prediction;
 #: 6: a correction round on full masks, as after "accept", uses the ``refine`` recipe (rev 3's dense one);
 #: 7: the strokes recipe's first run has smoothness 1 on faint images (neighbour contrast < 0.05: VesselNN), 3 on
-#: others (ISBI, unchanged from rev 6); correction rounds 3)
-RECIPE_REV = 7
+#: others (ISBI, unchanged from rev 6); correction rounds 3;
+#: 8: ... a 2D network's only: a 3D one keeps 3, i.e. rev 6 (its records: ``random@strokes:faint_smoothness=3``))
+RECIPE_REV = 8
 
 
 def net_3d(data: Dataset) -> str:

@@ -283,3 +283,21 @@ def test_recipe_param_changes_one_setting(files, capsys, tmp_path) -> None:
     assert main([*common, "--recipe", "balanced", "--out", str(out)]) == 0
     recipe = torch.load(out, weights_only=True)["data"]["recipe"]
     assert recipe["name"] == "balanced" and recipe["balanced"] is True and recipe["plane_fraction"] == 1.0
+
+
+def test_class_prior_follows_the_image(files, tmp_path) -> None:
+    """A dense-slice model adds the labels' class shares on its own stack (read again from its file) and not
+    on another image; --class-prior on/off force the choice."""
+    other = tmp_path / "other.tif"
+    tifffile.imwrite(other, np.ascontiguousarray(tifffile.imread(files["image"])[:, ::-1]), photometric="minisblack")
+
+    def probs(image: Path, choice: str) -> np.ndarray:
+        out, p = tmp_path / f"{image.stem}_{choice}.tif", tmp_path / f"{image.stem}_{choice}_p.npy"
+        assert main(["predict", "--model", str(files["model"]), "--image", str(image), "--out", str(out),
+                     "--probabilities", str(p), "--class-prior", choice, "--quiet", "--overwrite"]) == 0
+        return np.load(p)
+
+    assert torch.load(files["model"], weights_only=True)["classes"]["offset_for"]
+    np.testing.assert_allclose(probs(files["image"], "auto"), probs(files["image"], "on"))
+    assert not np.allclose(probs(files["image"], "auto"), probs(files["image"], "off"))
+    np.testing.assert_allclose(probs(other, "auto"), probs(other, "off"))

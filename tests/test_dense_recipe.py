@@ -60,6 +60,46 @@ def test_offset_applies_at_prediction_and_not_to_a_continued_training(em_small, 
     # and the shift moves the prediction toward the labels' majority class
     no_offset = bundle.to_dict()
     no_offset["classes"]["logit_offset"] = [0.0, 0.0]
-    shifted, _ = run_predict(bundle, raw[1:2])
-    plain, _ = run_predict(no_offset, raw[1:2])
+    shifted, _ = run_predict(bundle, raw[1:2], class_prior="on")
+    plain, _ = run_predict(no_offset, raw[1:2], class_prior="on")
     assert (np.asarray(shifted) == 2).sum() <= (np.asarray(plain) == 2).sum()
+
+
+def test_the_prior_is_added_on_the_labeled_image_only(em_small, tiny) -> None:
+    """The labels' class shares say something about the unlabeled planes of the labeled stack, nothing
+    about another stack (VesselNN: vessels on 12 % of one stack, 36 % of another). So ``auto`` adds the
+    offset when predicting the image the model was trained on, recognised by its fingerprint even as
+    another dtype, and not on another image; ``on``/``off`` force it; the live preview's slab counts as
+    the labeled image."""
+    from napari_regcon._widgets.jobs import predict_plane
+    from napari_regcon.core.predict import class_prior_applies
+    from napari_regcon.core.volume import as_volume, fingerprint
+
+    raw, truth = em_small
+    labels = np.zeros_like(truth)
+    labels[0] = truth[0]
+    bundle = as_bundle(finetune_job(raw, labels, steps=2, seed=0, **tiny).run())
+    assert bundle.classes.offset_for == fingerprint(as_volume(raw))
+    assert Bundle.from_dict(bundle.to_dict()).classes.offset_for == bundle.classes.offset_for
+    other = np.ascontiguousarray(raw[::-1])
+    assert fingerprint(as_volume(raw.astype(np.float32))) == fingerprint(as_volume(raw))
+    assert class_prior_applies(bundle, as_volume(raw))
+    assert not class_prior_applies(bundle, as_volume(other))
+    assert class_prior_applies(bundle, as_volume(other), "on") and not class_prior_applies(bundle, as_volume(raw), "off")
+    _, probs_same = run_predict(bundle, raw, probabilities=True)
+    _, probs_on = run_predict(bundle, raw, probabilities=True, class_prior="on")
+    _, probs_off = run_predict(bundle, raw, probabilities=True, class_prior="off")
+    np.testing.assert_allclose(np.asarray(probs_same), np.asarray(probs_on))
+    assert not np.allclose(np.asarray(probs_same), np.asarray(probs_off))
+    _, probs_other = run_predict(bundle, other, probabilities=True)
+    _, probs_other_off = run_predict(bundle, other, probabilities=True, class_prior="off")
+    np.testing.assert_allclose(np.asarray(probs_other), np.asarray(probs_other_off))
+    z, preview = predict_plane(bundle.to_dict(), raw, None, 1)  # a one-plane slab of the labeled stack
+    full, _ = run_predict(bundle, raw, tile=raw.shape[-2:], overlap=0.0)
+    assert z == 1 and np.array_equal(preview, np.asarray(full)[1])
+    # a bundle of before the fingerprint adds its offset everywhere, as it did
+    old = bundle.to_dict()
+    del old["classes"]["offset_for"]
+    assert class_prior_applies(Bundle.from_dict(old), as_volume(other))
+    with pytest.raises(RegconError, match="class_prior"):
+        run_predict(bundle, raw, class_prior="maybe")

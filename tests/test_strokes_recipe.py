@@ -207,6 +207,9 @@ def test_correction_round_continues_the_model_at_a_lower_rate(em_small, tiny) ->
     assert faint_first.task.smoothness == recipe.faint_smoothness == 1.0  # at 3 it floods dim planes
     faint_again = finetune_job(faint, labels, init=first, steps=8, seed=1, recipe="strokes", **tiny)
     assert faint_again.task.smoothness == 3.0  # a correction round, held by the distillation
+    faint_3d = finetune_job(faint, labels, steps=8, seed=0, recipe="strokes", ndim=3, patch_size=(4, 16, 16),
+                            **{k: v for k, v in tiny.items() if k != "patch_size"})
+    assert faint_3d.model.config.ndim == 3 and faint_3d.task.smoothness == 3.0  # the later rounds fell in 3D
     other = finetune_job(raw, labels, init=first, steps=8, seed=1, recipe="strokes",
                          recipe_params={"retrain_smoothness": 0.5}, **tiny)
     assert other.task.smoothness == 0.5 and other.info["recipe"].smoothness == 0.5

@@ -242,5 +242,5 @@ def test_live_preview_is_one_forward_pass_that_matches_tiled_prediction(em_small
     z, preview = jobs.predict_plane(bundle, raw, None, 2)
     assert z == 2 and preview.shape == raw.shape[1:] and tiles == [1]
     monkeypatch.setattr(inference.UNet, "forward", original)
-    tiled, _ = run_predict(bundle, raw[2:3], tile=(64, 64))
+    tiled, _ = run_predict(bundle, raw[2:3], tile=(64, 64), class_prior="on")  # a plane of the labeled stack
     assert (preview == tiled[0]).mean() > 0.95

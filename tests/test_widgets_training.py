@@ -183,8 +183,12 @@ def test_strokes_run_ends_by_itself_and_says_so(make_napari_viewer, qtbot, em_sm
     assert "ended by itself" in ft.status.message and "prediction stopped changing" in ft.status.message
 
 
-def test_other_stacks_box_trains_the_balanced_recipe_on_full_masks(make_napari_viewer, qtbot, em_small):
-    """'Only for other stacks' (Advanced) trains a dense slice with the balanced recipe; strokes keep theirs."""
+def test_a_full_mask_model_adds_its_class_shares_on_its_own_stack_only(make_napari_viewer, qtbot, em_small):
+    """A dense slice trains the dense recipe, whose bundle adds part of the labels' class prior back: the
+    Predict section applies it to the labeled image and not to another image layer (whose objects may
+    fill another share), without a box to tick."""
+    from napari_regcon.core.workflows import run_predict
+
     raw, truth = em_small
     viewer, w = make_widget(make_napari_viewer, raw)
     ft = w.finetune
@@ -194,13 +198,19 @@ def test_other_stacks_box_trains_the_balanced_recipe_on_full_masks(make_napari_v
     labels.refresh()
     ft.init.select(None)
     tiny(ft, steps=3, patch="64")
-    ft.network.base.setValue(4)
-    ft.other_stacks.setChecked(True)
+    ft.network.base.setValue(8)
     run(qtbot, ft)
     bundle = w.session.latest("segmentation").bundle
-    recipe = bundle["data"]["recipe"]
-    assert recipe["name"] == "balanced" and recipe["balanced"] and recipe["plane_fraction"] == 1.0
-    assert "logit_offset" not in bundle["classes"]  # none of this stack's class prior is added back
+    assert bundle["data"]["recipe"]["name"] == "dense" and bundle["classes"]["logit_offset"]
+    other = viewer.add_image(np.ascontiguousarray(raw[:, ::-1]), name="another stack")
+    for layer, prior in ((viewer.layers[0], "on"), (other, "off")):
+        w.predict.image.set_layer(layer)
+        run(qtbot, w.predict)
+        expected, _ = run_predict(bundle, layer.data, class_prior=prior)
+        assert np.array_equal(np.asarray(w.predict.last_prediction.data), np.asarray(expected)), layer.name
+        assert ("(the labeled image)" if prior == "on" else "(another image)") in w.predict.status.message
+        flipped, _ = run_predict(bundle, layer.data, class_prior="off" if prior == "on" else "on")
+        assert not np.array_equal(np.asarray(flipped), np.asarray(expected))  # the choice shows in the labels
 
 
 def _layers_now(viewer) -> dict[str, np.ndarray]:

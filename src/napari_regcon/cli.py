@@ -185,7 +185,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             check_output_path(extra)
     _check_tile(args.tile)
     options = PredictOptions(channel_axis=args.channel_axis, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
-                             device=args.device, precision=args.precision, min_size=args.min_size, crf=args.crf)
+                             device=args.device, precision=args.precision, min_size=args.min_size, crf=args.crf,
+                             class_prior=args.class_prior)
     with _StopFlag() as stop:
         try:
             summary = drive(predict_to_files(bundle, image, args.out, args.probabilities, uncertainty=args.uncertainty,
@@ -358,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "fp32 in our measurement), fp16/bf16 on CUDA, else fp32")
     p.add_argument("--channel-axis", type=int, default=None,
                    help="axis of the channels (default: the bundle's, or the colour axis of an RGB image)")
+    p.add_argument("--class-prior", default="auto", choices=("auto", "on", "off"),
+                   help="a model fine-tuned on some planes of a stack leans towards that stack's class shares: auto "
+                        "(default) = on the image it was trained on only, on = always, off = never")
     _add_run_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace --out / --probabilities / --uncertainty if they exist (refused otherwise)")
     p.set_defaults(func=cmd_predict)

@@ -49,13 +49,6 @@ PREVIEW_TIP = ("While training, predict the slice in view with the current model
                "on the run: a preview takes at most ~10% of it, so large planes and 3D models update less often "
                "(the measured interval is shown here during the run). The first steps predict one class "
                "everywhere; the preview appears once the model tells the classes apart.")
-OTHER_STACKS_TIP = ("Full masks already train with the classes weighed alike, and up to half of this stack's class "
-                    "shares is added back at prediction (less the more planes you label; none when every plane is "
-                    "labeled), so a model carries over to stacks whose objects fill another share of the volume. "
-                    "Tick this for a model you will apply only to other stacks: none of this stack's "
-                    "shares is added back (vessel Dice from one VesselNN stack to another a further +2 to +3 points). Leave "
-                    "it off to segment this stack: there it over-predicts the rarer class. Strokes weigh the "
-                    "classes alike already.")
 WARMING_UP = "live preview warming up (shown once the model tells the classes apart)"
 
 
@@ -109,11 +102,8 @@ class FinetuneWidget(QWidget):
         self.unlabeled.setToolTip("Optional unlabeled images: fine-tuning also learns from them (semi-supervised: two networks "
                                   "teach each other; a step costs about 8 supervised ones on a CPU)")
         self.network.form.addRow("Semi-supervised", self.unlabeled)
-        self.other_stacks = WrapCheckBox("Only for other stacks: ignore this stack's class shares (full masks)")
-        self.other_stacks.setToolTip(OTHER_STACKS_TIP)
         advanced = Section("Advanced")
         advanced.addWidget(self.network)
-        advanced.addWidget(self.other_stacks)
 
         form = QFormLayout()
         form.setContentsMargins(0, 0, 0, 0)
@@ -212,7 +202,7 @@ class FinetuneWidget(QWidget):
         if self.options.values()["ndim"] == 3:  # the chosen model's, when there is one
             warn_thin_isotropic(self.session, [img], channel_axis)
         options = FinetuneOptions(channel_axis=channel_axis, voxel_size=voxel_size_of(img, channel_axis),
-                                  recipe="balanced" if self.other_stacks.isChecked() else "auto",
+                                  recipe="auto",
                                   **self.options.values(), **self.network.values())
         params = FinetuneParams(options, init=entry.bundle if entry else None, class_names=names,
                                 unlabeled=[layer_array(ly) for ly in self.unlabeled.checked_layers()],

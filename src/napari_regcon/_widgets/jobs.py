@@ -26,7 +26,7 @@ from napari_regcon.core.drive import relay
 from napari_regcon.core.errors import RegconError, is_out_of_memory
 from napari_regcon.core.inference import PredictEvent
 from napari_regcon.core.options import FinetuneOptions, PretrainOptions
-from napari_regcon.core.predict import PredictOptions, predict, predict_events
+from napari_regcon.core.predict import PredictOptions, class_prior_applies, predict, predict_events
 from napari_regcon.core.volume import as_volume
 from napari_regcon.core.workflows import Job, finetune_job, pretrain_job
 
@@ -204,6 +204,8 @@ def predict_plane(bundle: dict, image: Any, channel_axis: int | None, z: int | N
     axis = _z_axis(image, channel_axis)
     if axis is None:
         return None, predict(bundle, image, _preview_options(bundle, image, channel_axis, device)).labels
+    typed = as_bundle(bundle)  # the slab is not the image: ask of the whole image whether its prior applies
+    prior = "on" if class_prior_applies(typed, as_volume(image, typed.channel_axis(channel_axis))) else "off"
     nz = int(image.shape[axis])
     z = min(max(int(z or 0), 0), nz - 1)
     depth = min(max(1, depth), nz)
@@ -211,7 +213,7 @@ def predict_plane(bundle: dict, image: Any, channel_axis: int | None, z: int | N
     index = [slice(None)] * len(image.shape)
     index[axis] = slice(z0, z0 + depth)
     slab = image[tuple(index)]
-    labels = predict(bundle, slab, _preview_options(bundle, slab, channel_axis, device)).labels
+    labels = predict(bundle, slab, replace(_preview_options(bundle, slab, channel_axis, device), class_prior=prior)).labels
     return z, np.asarray(labels[z - z0])
 
 
@@ -281,6 +283,11 @@ def _finetune(image: Any, labels: Any, params: FinetuneParams, stop: threading.E
     yield from _relay(job, stop, previewer)
 
 
+#: what the Predict status line says about the labels' class shares (a model trained on full masks)
+PRIOR_NOTES = {True: "with the labels' class shares (the labeled image)",
+               False: "without the labels' class shares (another image)"}
+
+
 def predict_updates(bundle: dict, image: Any, options: PredictOptions, stop: threading.Event
                     ) -> Iterator[Update]:
     """Worker body of the Predict widget: the prediction with the options' extras (core.predict)."""
@@ -304,6 +311,7 @@ def _predict(bundle: dict, image: Any, options: PredictOptions, stop: threading.
         yield Finished(None, cancelled=True, message="Prediction stopped; no layer was added.")
         return
     notes = (["CRF-refined"] if options.crf else []) + \
-        ([f"regions < {options.min_size} px removed"] if options.min_size > 1 else [])
+        ([f"regions < {options.min_size} px removed"] if options.min_size > 1 else []) + \
+        ([PRIOR_NOTES[result.prior_added]] if result.prior_added is not None else [])
     yield Finished(PredictResult(result.labels, result.probabilities, result.uncertainty, result.class_values,
                                  result.class_names, notes))

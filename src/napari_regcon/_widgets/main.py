@@ -36,6 +36,10 @@ class RegconWidget(QScrollArea):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.session = Session()
+        self._pending_reveal: tuple[QWidget, QWidget | None] | None = None
+        self._reveal_again = QTimer(self)  # see _open
+        self._reveal_again.setSingleShot(True)
+        self._reveal_again.timeout.connect(self._reveal_pending)
         self.pretrain = PretrainWidget(napari_viewer, self.session)
         self.finetune = FinetuneWidget(napari_viewer, self.session)
         self.predict = PredictWidget(napari_viewer, self.session)
@@ -96,6 +100,14 @@ class RegconWidget(QScrollArea):
         if not section.isExpanded():
             section.expand(animate=False)
         QTimer.singleShot(0, lambda: self.reveal(section, after))
+        # once more when wrapped labels above have taken their new height (they may take a few event-loop
+        # turns, e.g. the brush-values key after a prediction); a child timer dies with the widget
+        self._pending_reveal = (section, after)
+        self._reveal_again.start(30)
+
+    def _reveal_pending(self) -> None:
+        if self._pending_reveal is not None:
+            self.reveal(*self._pending_reveal)
 
     def reveal(self, widget: QWidget, after: QWidget | None = None) -> None:
         """Scroll as little as possible so that ``widget`` is wholly in view (from ``after``'s top when
@@ -129,7 +141,7 @@ class RegconWidget(QScrollArea):
                 if in_viewer(self.viewer, lab) and lab.data.shape == layer.data.shape:
                     move_to_top(self.viewer, lab, keep_active=False)
                     self.viewer.layers.selection.active = lab
-        self._open(3, after=self.predict.panel)  # the result's status line, and the next step
+        self._open(3, after=self.predict.panel.label)  # the result's status line, and the next step
 
     def _on_busy(self, busy: bool) -> None:
         """One run at a time: the other sections cannot start while one runs."""

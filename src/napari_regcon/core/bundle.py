@@ -117,21 +117,35 @@ class _Section:
 class Classes(_Section):
     """Labels info: the label values the model predicts (in head order), their names, dense or sparse,
     and ``logit_offset``: added to the head's logits at prediction (not in training), e.g. a share of
-    the labels' log class prior on a model trained with the classes weighed alike."""
+    the labels' log class prior on a model trained with the classes weighed alike. ``offset_for`` is the
+    :func:`~napari_regcon.core.volume.fingerprint` of the labeled image: the prior is evidence about that
+    image's unlabeled planes, not about another stack, so prediction adds the offset only there (bundles
+    without it add it everywhere, as they did)."""
 
     values: list[int] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     dense: bool | None = None
     logit_offset: list[float] | None = None
+    offset_for: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: Any) -> Classes:
         d = _section(d, "classes")
         dense = d.get("dense")
+        offset_for = d.get("offset_for")
+        if offset_for is not None and not isinstance(offset_for, str):
+            raise RegconError("classes.offset_for must be a text (an image fingerprint).")
         return cls(_ints(d.get("values", []), "classes.values"), _strs(d.get("names", []), "classes.names"),
                    None if dense is None else bool(dense), _floats(d.get("logit_offset"), "classes.logit_offset"),
-                   cls._extra(d))
+                   offset_for, cls._extra(d))
+
+    def offset_applies(self, image_fingerprint: str | None) -> bool:
+        """Whether prediction of the image with this fingerprint adds ``logit_offset`` (None: the caller
+        knows it is the labeled image, e.g. the live preview)."""
+        if self.logit_offset is None:
+            return False
+        return image_fingerprint is None or self.offset_for is None or image_fingerprint == self.offset_for
 
     def name_of(self, value: int) -> str:
         """The name of a label value (``class V`` when the bundle does not name it)."""
@@ -389,13 +403,14 @@ class Bundle:
         """True for a fine-tuned model with classes (``pretrained`` bundles only start a fine-tuning)."""
         return self.kind == "segmentation"
 
-    def build_model(self) -> UNet:
+    def build_model(self, with_offset: bool = True) -> UNet:
         """The network of the bundle with its weights, in eval mode, for prediction: the classes'
-        ``logit_offset`` is added to the head's bias (training continues from :attr:`state_dict`)."""
+        ``logit_offset`` is added to the head's bias unless ``with_offset`` is False (training
+        continues from :attr:`state_dict`)."""
         model = build_model(self.model)
         model.load_state_dict(self.state_dict)
         offset = self.classes.logit_offset
-        if offset is not None and model.head.bias is not None:
+        if with_offset and offset is not None and model.head.bias is not None:
             with torch.no_grad():
                 model.head.bias += torch.tensor(offset, dtype=model.head.bias.dtype)
         return model.eval()

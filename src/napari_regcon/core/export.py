@@ -261,9 +261,10 @@ def export_bioimageio(model: str | Path, out: str | Path, *, image: Any = None, 
     spatial = raw.shape[1:]
     # the expected output is what our own predictor gives (one tile covering the crop), in fp32 as
     # the TorchScript weights run (a copy: Volume.read returns a view of float32 input, which the
-    # predictor normalises in place)
+    # predictor normalises in place). The package keeps a labeled stack's class prior, if the bundle has
+    # one, as the bundle applies it on that stack (the crop is not the whole stack, so say so).
     probs = predict(typed, raw.copy(), PredictOptions(channel_axis=0, probabilities=True, tile=spatial,
-                                                      device="cpu", precision="fp32")).probabilities
+                                                      device="cpu", precision="fp32", class_prior="on")).probabilities
     probs = np.ascontiguousarray(probs, np.float32)
     assert typed.normalization is not None  # a segmentation bundle always has one (Bundle.validate)
     gain, offset = _scale_linear(typed.normalization)

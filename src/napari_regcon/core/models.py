@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .errors import RegconError
+from .filterbank import FilterBank
 
 
 @dataclass
@@ -29,10 +30,13 @@ class UNetConfig:
     depth: int = 3
     pool_z: list[bool] = field(default_factory=list)
     conv_z: list[bool] = field(default_factory=list)
+    filter_scales: list[float] = field(default_factory=list)  # fixed multiscale features first (filterbank.py)
 
     def __post_init__(self) -> None:
         if self.ndim not in (2, 3):
             raise RegconError(f"--ndim must be 2 or 3, not {self.ndim}.")
+        if any(not 0.3 <= float(s) <= 64 for s in self.filter_scales):
+            raise RegconError(f"Filter scales must be between 0.3 and 64 pixels, not {self.filter_scales}.")
         if self.depth < 1 or self.base < 2:
             raise RegconError("The network needs depth >= 1 and base width >= 2.")
         if self.ndim == 3 and not self.pool_z:
@@ -59,14 +63,17 @@ class UNetConfig:
         d = asdict(self)
         if all(d["conv_z"]):
             del d["conv_z"]
+        if not d["filter_scales"]:
+            del d["filter_scales"]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> UNetConfig:
-        known = {k: d[k] for k in ("ndim", "in_channels", "out_channels", "base", "depth", "pool_z", "conv_z")
-                 if k in d}
+        known = {k: d[k] for k in ("ndim", "in_channels", "out_channels", "base", "depth", "pool_z", "conv_z",
+                                        "filter_scales") if k in d}
         for key in ("pool_z", "conv_z"):  # bundles from before conv_z existed: 3x3x3 everywhere
             known[key] = [bool(p) for p in known.get(key, [])]
+        known["filter_scales"] = [float(s) for s in known.get("filter_scales", [])]
         return cls(**known)
 
 
@@ -150,7 +157,8 @@ class UNet(nn.Module):
         nd, base, depth = config.ndim, config.base, config.depth
         widths = [base * 2 ** i for i in range(depth + 1)]
         span = config.conv_z or [True] * (depth + 1)
-        self.encoder = nn.ModuleList([_Block(nd, config.in_channels, widths[0], span[0])] +
+        self.bank = FilterBank(nd, config.in_channels, config.filter_scales)
+        self.encoder = nn.ModuleList([_Block(nd, self.bank.out_channels, widths[0], span[0])] +
                                      [_Block(nd, widths[i], widths[i + 1], span[i + 1]) for i in range(depth)])
         tconv = nn.ConvTranspose2d if nd == 2 else nn.ConvTranspose3d
         self._kernels = [self._kernel(i) for i in range(depth)]
@@ -172,6 +180,7 @@ class UNet(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Return the bottleneck and the skip features (fine to coarse)."""
         skips = []
+        x = self.bank(x)
         for level, block in enumerate(self.encoder):
             if level > 0:
                 x = self._pool(x, level - 1)

@@ -30,7 +30,7 @@ from .postprocess import (
     remove_small_regions_into,
     uncertainty_into,
 )
-from .volume import as_volume
+from .volume import Volume, as_volume, fingerprint
 
 
 @dataclass
@@ -55,6 +55,10 @@ class PredictOptions:
         Refine with a fully connected CRF, plane by plane (the probabilities returned are the refined ones).
     precision
         ``auto`` (bf16 on CPUs with bf16 units, mixed precision on GPUs), ``fp32``, ``bf16`` or ``fp16``.
+    class_prior
+        Whether to add the labeled stack's class prior that a bundle may hold (``classes.logit_offset``):
+        ``auto`` only on the image the model was trained on (the prior says nothing about another
+        stack), ``on`` always, ``off`` never.
     """
 
     channel_axis: int | None = None
@@ -67,8 +71,11 @@ class PredictOptions:
     uncertainty: str | None = None
     min_size: int = 0
     crf: bool = False
+    class_prior: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.class_prior not in CLASS_PRIOR_CHOICES:
+            raise RegconError(f"class_prior must be {', '.join(CLASS_PRIOR_CHOICES)}, not {self.class_prior!r}.")
         if self.uncertainty is not None and self.uncertainty not in UNCERTAINTY_KINDS:
             raise RegconError(f"Unknown uncertainty {self.uncertainty!r}; choose {' or '.join(UNCERTAINTY_KINDS)}.")
         if int(self.min_size) < 0:
@@ -98,6 +105,7 @@ class Prediction:
     uncertainty: Any | None
     class_values: list[int]
     class_names: list[str]
+    prior_added: bool | None = None  # the labeled stack's class prior: added, not added, or the bundle has none
 
 
 def prepare(bundle: Bundle | dict) -> Bundle:
@@ -107,6 +115,19 @@ def prepare(bundle: Bundle | dict) -> Bundle:
         raise RegconError("This bundle is a pretrained (self-supervised) model without classes; fine-tune it on "
                           "labels before predicting.")
     return typed
+
+
+CLASS_PRIOR_CHOICES = ("auto", "on", "off")
+
+
+def class_prior_applies(bundle: Bundle, volume: Volume, choice: str = "auto") -> bool:
+    """Whether predicting ``volume`` adds the bundle's class prior (see :class:`PredictOptions`)."""
+    classes = bundle.classes
+    if classes.logit_offset is None or choice == "off":
+        return False
+    if choice == "on" or classes.offset_for is None:
+        return True
+    return classes.offset_applies(fingerprint(volume))
 
 
 def predict_events(bundle: Bundle | dict, image: Any, options: PredictOptions | None = None, *,
@@ -124,8 +145,9 @@ def predict_events(bundle: Bundle | dict, image: Any, options: PredictOptions | 
     """
     opts = options or PredictOptions()
     typed = prepare(bundle)
-    model = typed.build_model()
     vol = as_volume(image, typed.channel_axis(opts.channel_axis))
+    with_prior = class_prior_applies(typed, vol, opts.class_prior)
+    model = typed.build_model(with_offset=with_prior)
     if vol.shape[0] != model.config.in_channels:
         raise RegconError(f"The model expects {model.config.in_channels} channel(s) but the image has shape "
                           f"{tuple(image.shape)}; check the channel axis.")
@@ -156,7 +178,8 @@ def predict_events(bundle: Bundle | dict, image: Any, options: PredictOptions | 
         uncertainty_into(out_probs, out_uncertainty, opts.uncertainty)
     return Prediction(out_labels, out_probs if asked_probs else None,
                       out_uncertainty if opts.uncertainty is not None else None, list(values),
-                      [typed.classes.name_of(v) for v in values])
+                      [typed.classes.name_of(v) for v in values],
+                      None if typed.classes.logit_offset is None else with_prior)
 
 
 def predict(bundle: Bundle | dict, image: Any, options: PredictOptions | None = None, *,

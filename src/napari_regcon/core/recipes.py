@@ -6,7 +6,7 @@ edge-aware smoothness on the unpainted pixels, patches from the whole stack, an 
 a learning rate held at its peak until the predicted regions stop changing, then a short
 cool-down and the end of the run, and short, gentle correction rounds that keep the unpainted
 pixels near the previous model's answer (distillation), so a correction changes what it covers;
-on faint images (two-photon) the first run's smoothness is weaker.
+on faint images (two-photon) a 2D network's first run has a weaker smoothness.
 Dense labels (``dense``) train a model whose prediction does not lean on the class shares of the
 labeled stack, so that it carries over to stacks whose objects fill another share of the volume
 (vessels fill 12 % of one two-photon stack and 36 % of another): cross-entropy with the classes
@@ -16,7 +16,8 @@ windows centred on each class in turn). At prediction half of the labels' log cl
 added back to the logits (``prior_shift``, stored in the bundle as the classes' logit offset): the
 full prior would make the model the labeled stack's, none over-predicts the rarer class within it.
 The share added shrinks with the share of planes labeled: with every plane of the stack labeled,
-none (the model is then for other stacks only).
+none (the model is then for other stacks only). It is added only when predicting the labeled image
+itself (``classes.offset_for``, its fingerprint): the prior says nothing about another stack.
 Measured (docs/benchmarks.md): the same Dice on the same stack as plain cross-entropy, +4 to +6
 points on another stack. ``balanced`` adds none of the prior back, for a model meant only for
 other stacks. A correction round on full masks (continuing a segmentation model, e.g. after
@@ -24,7 +25,8 @@ other stacks. A correction round on full masks (continuing a segmentation model,
 ``auto`` picks ``strokes`` or ``dense`` by the painted fraction. Settings measured and left as options
 (docs/benchmarks.md): ``smooth_sigma=0`` (the smoothness's edge scale from the image), ``jitter`` (the
 strength of the intensity augmentation), ``encoder_lr_scale`` (a pretrained encoder's share of the rate),
-``release`` (a correction round's distillation lets go of what looks like the mistakes it corrects).
+``release`` (a correction round's distillation lets go of what looks like the mistakes it corrects),
+``filter_scales`` (a new network's first layer: a random forest's multiscale filters, ``core/filterbank.py``).
 """
 
 from __future__ import annotations
@@ -67,10 +69,11 @@ class Recipe:
     retrain_steps: int | None = None  # such a run does at most this many steps (a correction round)
     retrain_check_every: int | None = None  # such a run checks stability this often (None: the loop's default)
     retrain_smoothness: float | None = None  # such a run's smoothness weight (None: ``smoothness``)
-    faint_smoothness: float | None = None  # a first run's smoothness on an image whose neighbour contrast is
+    faint_smoothness: float | None = None  # a 2D first run's smoothness on an image whose neighbour contrast is
     # under half ``smooth_sigma`` (None: ``smoothness``): there the fixed edge scale sees no edges, only noise
     prior_shift: float = 0.0  # at prediction, add this times the labels' log class shares to the logits
     retrain_as: str | None = None  # a run that continues a segmentation model uses this recipe instead
+    filter_scales: tuple[float, ...] = ()  # a new network's fixed multiscale input features (sigmas, pixels)
     encoder_lr_scale: float = 1.0  # from a pretrained (not segmentation) model: the encoder's share of the rate
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,8 +101,9 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "dense": Recipe(balanced=True, plane_fraction=1.0, prior_shift=0.5, retrain_as="refine"),
-    # on a faint image (neighbour contrast under half the edge scale: two-photon, not EM) the first run's
-    # smoothness is 1, as at 3 it floods dim planes with vessel; correction rounds keep 3. Six seeds: benchmarks.md.
+    # on a faint image (neighbour contrast under half the edge scale: two-photon, not EM) a 2D network's first
+    # run has smoothness 1, as at 3 it floods dim planes with vessel; correction rounds and 3D networks keep 3
+    # (in 3D the lighter start made the later rounds fall). Six seeds in 2D, three in 3D: benchmarks.md.
     "strokes": Recipe(name="strokes", dice_weight=0.0, balanced=True, smoothness=3.0, uniform_fraction=0.5,
                       ema=0.99, stop_when_stable=True, schedule="plateau", retrain_lr_scale=0.5, retrain_steps=150,
                       distill=1.0, faint_smoothness=1.0),

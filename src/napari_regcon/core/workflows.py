@@ -30,6 +30,7 @@ from .bundle import (
 )
 from .drive import drive
 from .errors import RegconError
+from .filterbank import as_scales
 from .labels import build_labelset
 from .models import (
     UNet,
@@ -56,7 +57,7 @@ from .sampling import (
 from .semisupervised import SemiSupervisedTask
 from .supervised import SupervisedTask
 from .training import Progress, TrainConfig, iter_train, seed_everything
-from .volume import Volume, as_volume
+from .volume import Volume, as_volume, fingerprint
 
 
 @dataclass
@@ -117,7 +118,7 @@ def _patch(patch_size: Any, vols: list[Volume], ndim: int, cfg: UNetConfig | Non
 
 
 def _config(ndim: int, channels: int, out: int, patch: tuple[int, ...], base: int, depth: int,
-            voxel_size: Sequence[float] | None = None) -> UNetConfig:
+            voxel_size: Sequence[float] | None = None, filter_scales: Sequence[float] = ()) -> UNetConfig:
     """A fresh network's architecture; in 3D with a known voxel size, in-plane convolutions and pooling at
     the levels where Z is much coarser than Y/X (:func:`~napari_regcon.core.models.anisotropic_plan`)."""
     pool_z: list[bool] = []
@@ -131,7 +132,7 @@ def _config(ndim: int, channels: int, out: int, patch: tuple[int, ...], base: in
         if patch[0] % zdiv:
             raise RegconError(f"The Z patch size {patch[0]} must be a multiple of {zdiv}.")
     return UNetConfig(ndim=ndim, in_channels=channels, out_channels=out, base=base, depth=depth, pool_z=pool_z,
-                      conv_z=conv_z)
+                      conv_z=conv_z, filter_scales=list(filter_scales))
 
 
 def model_from_bundle(bundle: Bundle | dict) -> UNet:
@@ -207,15 +208,23 @@ def finetune_job(image: Any, labels: Any, options: FinetuneOptions | None = None
     vols_u = _volumes(list(unlabeled), o.channel_axis, ndim) if unlabeled else []
     norm = fit_normalization([vol, *vols_u])
     notes: list[str] = []
+    name = o.recipe
+    if resume_b is not None and (name or "auto") == "auto" and resume_b.data.recipe:
+        name = resume_b.data.recipe.get("name", name)  # a resumed run keeps the recipe it ran with
     if init_b is not None:
         if icfg.in_channels != vol.shape[0]:
             raise RegconError(f"The initial model expects {icfg.in_channels} channel(s) but the image has {vol.shape[0]}.")
         patch = _patch(o.patch_size or init_b.data.patch_size, [vol, *vols_u], ndim, icfg, notes)
         cfg = UNetConfig(ndim=ndim, in_channels=icfg.in_channels, out_channels=labelset.n_classes, base=base,
-                         depth=depth, pool_z=list(icfg.pool_z), conv_z=list(icfg.conv_z))
+                         depth=depth, pool_z=list(icfg.pool_z), conv_z=list(icfg.conv_z),
+                         filter_scales=list(icfg.filter_scales))
     else:
         patch = _patch(o.patch_size, [vol, *vols_u], ndim, UNetConfig(depth=depth), notes)
-        cfg = _config(ndim, vol.shape[0], labelset.n_classes, patch, base, depth, o.voxel_size)
+        if resume_b is not None:
+            scales = list(resume_b.model.filter_scales)  # the interrupted run's network
+        else:
+            scales = [] if vols_u else as_scales(choose_recipe(name, labelset, **(o.recipe_params or {})).filter_scales)
+        cfg = _config(ndim, vol.shape[0], labelset.n_classes, patch, base, depth, o.voxel_size, scales)
     seed_everything(o.seed)
     model = build_model(cfg)
     pretext_info, semi_info = PretextInfo(), None
@@ -227,17 +236,16 @@ def finetune_job(image: Any, labels: Any, options: FinetuneOptions | None = None
         left_random = load_init(model, init_b)
         continued = init_b.is_segmentation and not left_random
         pretext_info, semi_info = init_b.pretext, init_b.semi_supervised
-    name = o.recipe
-    if resume_b is not None and (name or "auto") == "auto" and resume_b.data.recipe:
-        name = resume_b.data.recipe.get("name", name)  # a resumed run keeps the recipe it ran with
     chosen = choose_recipe(name, labelset, **(o.recipe_params or {}))
     if continued and chosen.retrain_as:  # a correction round on full masks has a recipe of its own
         chosen = choose_recipe(chosen.retrain_as, labelset, **(o.recipe_params or {}))
     if continued and chosen.retrain_smoothness is not None:
         chosen = replace(chosen, smoothness=chosen.retrain_smoothness)
-    elif (not continued and chosen.faint_smoothness is not None and chosen.smoothness > 0 and chosen.smooth_sigma > 0
-          and neighbour_contrast(vol, norm) < 0.5 * chosen.smooth_sigma):
-        chosen = replace(chosen, smoothness=chosen.faint_smoothness)  # the edge scale would see no edges
+    elif (not continued and ndim == 2 and chosen.faint_smoothness is not None and chosen.smoothness > 0
+          and chosen.smooth_sigma > 0 and neighbour_contrast(vol, norm) < 0.5 * chosen.smooth_sigma):
+        # the edge scale would see no edges; a 3D network is not changed: there the loop after a lighter
+        # first run fell by up to 5.7 points a round (VesselNN 3D, benchmarks.md)
+        chosen = replace(chosen, smoothness=chosen.faint_smoothness)
     lr = chosen.lr if chosen.lr is not None else o.lr
     steps = o.steps
     stop_rule: dict[str, int] = {}
@@ -276,8 +284,9 @@ def finetune_job(image: Any, labels: Any, options: FinetuneOptions | None = None
         sampler = PatchSampler([vol], norm, patch, labels=[labelset], seed=o.seed,
                                uniform_fraction=chosen.uniform_fraction, plane_fraction=chosen.plane_fraction)
     names = list(o.class_names) if o.class_names else [f"class {v}" for v in labelset.class_values]
-    classes = Classes([int(v) for v in labelset.class_values], names, o.dense,
-                      logit_offset=None if vols_u else chosen.logit_offset(labelset))
+    offset = None if vols_u else chosen.logit_offset(labelset)
+    classes = Classes([int(v) for v in labelset.class_values], names, o.dense, logit_offset=offset,
+                      offset_for=fingerprint(vol) if offset is not None else None)
 
     def bundle_fn(m: UNet, history: dict, state: dict) -> dict:
         return Bundle("segmentation", cfg, cpu_weights(m.state_dict()), norm, classes=classes, pretext=pretext_info,
