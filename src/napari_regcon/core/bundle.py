@@ -140,13 +140,6 @@ class Classes(_Section):
                    None if dense is None else bool(dense), _floats(d.get("logit_offset"), "classes.logit_offset"),
                    offset_for, cls._extra(d))
 
-    def offset_applies(self, image_fingerprint: str | None) -> bool:
-        """Whether prediction of the image with this fingerprint adds ``logit_offset`` (None: the caller
-        knows it is the labeled image, e.g. the live preview)."""
-        if self.logit_offset is None:
-            return False
-        return image_fingerprint is None or self.offset_for is None or image_fingerprint == self.offset_for
-
     def name_of(self, value: int) -> str:
         """The name of a label value (``class V`` when the bundle does not name it)."""
         named = dict(zip(self.values, self.names))

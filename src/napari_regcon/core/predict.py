@@ -127,7 +127,7 @@ def class_prior_applies(bundle: Bundle, volume: Volume, choice: str = "auto") ->
         return False
     if choice == "on" or classes.offset_for is None:
         return True
-    return classes.offset_applies(fingerprint(volume))
+    return fingerprint(volume) == classes.offset_for
 
 
 def predict_events(bundle: Bundle | dict, image: Any, options: PredictOptions | None = None, *,
