@@ -288,3 +288,40 @@ def test_result_layers_are_added_one_per_event_loop_turn(make_napari_viewer, qtb
     assert [layer.visible for layer in viewer.layers] == [True, False, False, True]
     assert pr.last_prediction is viewer.layers["em prediction"] is viewer.layers.selection.active
     assert np.array_equal(pr.last_prediction.data, truth) and pr.status.message.startswith("Done: prediction layer added")
+
+
+def test_predicting_again_updates_the_earlier_result_layers_unless_corrected(make_napari_viewer, qtbot, em_small):
+    """The correction loop predicts every round: the layers of the last prediction of the image are
+    updated in place (no pile of stale layers, and no 100-150 ms layer creation each round), except a
+    prediction the user has painted corrections on, which stays as it is beside the new one."""
+    from napari_regcon._widgets.updates import PredictResult
+
+    raw, truth = em_small
+    viewer, w = make_widget(make_napari_viewer, raw, scale=EM_SCALE)
+    pr, image = w.predict, viewer.layers["em"]
+    rng = np.random.default_rng(0)
+
+    def predict(labels: np.ndarray) -> None:
+        probs = rng.random((2, *raw.shape), dtype=np.float32)
+        res = PredictResult(labels=labels, probabilities=probs, uncertainty=probs[0], class_values=[1, 2],
+                            class_names=["cell", "membrane"])
+        pr._run = {"image": image, "channel_axis": None, "model": "m"}
+        pr._add_layers(res)
+        qtbot.waitUntil(lambda: not pr.adding_layers, timeout=5000)
+
+    predict(truth)
+    first, prob = pr.last_prediction, viewer.layers["P(membrane)"]
+    first.visible = False
+    second_truth = np.where(truth == 1, 2, 1).astype(truth.dtype)
+    predict(second_truth)
+    assert [layer.name for layer in viewer.layers] == ["em", "P(membrane)", "em uncertainty", "em prediction"]
+    assert pr.last_prediction is first and first.visible and viewer.layers["P(membrane)"] is prob
+    assert np.array_equal(first.data, second_truth) and np.array_equal(first.metadata["regcon_original"], second_truth)
+    assert pr.status.message.startswith("Done: prediction layer updated")
+    # a correction painted on it: the next prediction goes into a new layer, the corrected one is kept
+    first.data[0, :5, :5] = 1
+    predict(truth)
+    assert pr.last_prediction is not first and pr.last_prediction.name == "em prediction [1]"
+    assert (first.data[0, :5, :5] == 1).all() and np.array_equal(pr.last_prediction.data, truth)
+    assert w.correct.prediction.layer() is pr.last_prediction
+    assert len(viewer.layers) == 5

@@ -126,10 +126,12 @@ class PredictWidget(QWidget):
         return bool(self._pending)
 
     def _add_layers(self, res: PredictResult) -> None:
-        """Add the result layers one per turn of the event loop, the prediction last (on top).
+        """Put the result layers in the viewer one per turn of the event loop, the prediction last.
 
         Creating a napari layer costs 100-150 ms of the main thread (controls, visuals, first draw);
         adding three in one go froze the viewer for 0.3-0.5 s, one at a time it repaints between them.
+        A layer of an earlier prediction of the same image is updated in place instead (2-10 ms): the
+        correction loop predicts again every round, and a pile of stale layers helps nobody.
         """
         run = self._run
         img, ca = run["image"], run["channel_axis"]
@@ -140,11 +142,11 @@ class PredictWidget(QWidget):
         if res.probabilities is not None:
             shown = range(1, len(res.class_values)) if len(res.class_values) == 2 else range(len(res.class_values))
             for k in shown:
-                steps.append(partial(self.viewer.add_image, to_layer_data(res.probabilities[k], img, ca),
-                                     name=f"P({names[res.class_values[k]]})", colormap="magma",
-                                     contrast_limits=(0.0, 1.0), visible=False, **geom))
+                name = f"P({names[res.class_values[k]]})"
+                steps.append(partial(self._put_image, to_layer_data(res.probabilities[k], img, ca), f"p:{name}", img,
+                                     name=name, colormap="magma", contrast_limits=(0.0, 1.0), visible=False, **geom))
         if res.uncertainty is not None:
-            steps.append(partial(self.viewer.add_image, to_layer_data(res.uncertainty, img, ca),
+            steps.append(partial(self._put_image, to_layer_data(res.uncertainty, img, ca), "uncertainty", img,
                                  name=f"{img.name} uncertainty", colormap="inferno", contrast_limits=(0.0, 1.0),
                                  opacity=0.8, visible=False, **geom))
         steps.append(partial(self._add_prediction, res, names, img, ca, run["model"]))
@@ -152,7 +154,7 @@ class PredictWidget(QWidget):
         self._next_layer()
 
     def _next_layer(self) -> None:
-        """Add the next pending layer; schedule the one after it for the next turn of the event loop."""
+        """Put the next pending layer in; schedule the one after it for the next turn of the event loop."""
         if not self._pending:
             return
         step = self._pending.pop(0)
@@ -165,18 +167,69 @@ class PredictWidget(QWidget):
         if self._pending:
             QTimer.singleShot(0, self._next_layer)
 
+    def _earlier(self, kind: str, img: Any, shape: tuple[int, ...]) -> Any | None:
+        """The layer of an earlier prediction of ``img`` to update in place, or None to add a new one.
+
+        A prediction qualifies only while nobody has painted on it: corrections stay in their layer.
+        """
+        for layer in reversed(list(self.viewer.layers)):
+            meta = layer.metadata
+            if meta.get("regcon_result") != kind or meta.get("regcon_image") != img.name:
+                continue
+            if tuple(layer.data.shape) != tuple(shape):
+                continue
+            if kind == "prediction":
+                original = meta.get("regcon_original")
+                if original is None or not np.array_equal(np.asarray(layer.data), original):
+                    continue
+            return layer
+        return None
+
+    @staticmethod
+    def _place(layer: Any, scale: tuple, translate: tuple) -> None:
+        """Give an updated layer the image's geometry (only where it changed: each set redraws)."""
+        if tuple(layer.scale) != tuple(scale):
+            layer.scale = scale
+        if tuple(layer.translate) != tuple(translate):
+            layer.translate = translate
+
+    def _put_image(self, data: np.ndarray, kind: str, img: Any, **kwargs: Any) -> Any:
+        """Update the image layer of an earlier prediction of ``img``, or add a new one."""
+        layer = self._earlier(kind, img, data.shape)
+        if layer is None:
+            layer = unwrap(self.viewer.add_image(data, **kwargs))
+            layer.metadata.update(regcon_result=kind, regcon_image=img.name)
+        else:
+            layer.data = data
+            self._place(layer, kwargs["scale"], kwargs["translate"])
+        return layer
+
     def _add_prediction(self, res: PredictResult, names: dict, img: Any, ca: int | None, model: str) -> None:
         labels = to_layer_data(res.labels, img, ca)
-        layer = unwrap(self.viewer.add_labels(labels, name=f"{img.name} prediction", opacity=0.6,
-                                              **labels_kwargs(names, img, ca)))
+        kwargs = labels_kwargs(names, img, ca)
+        layer = self._earlier("prediction", img, labels.shape)
+        verb = "updated" if layer is not None else "added"
+        if layer is None:
+            layer = unwrap(self.viewer.add_labels(labels, name=f"{img.name} prediction", opacity=0.6, **kwargs))
+            layer.metadata.update(regcon_result="prediction", regcon_image=img.name)
+        else:
+            layer.data = labels
+            layer._reset_history()  # its undo steps were of the data just replaced
+            if layer.metadata.get("regcon_classes") != names:  # each set redraws: only when the classes changed
+                layer.colormap = kwargs["colormap"]
+                if "features" in kwargs:
+                    layer.features = kwargs["features"]
+            self._place(layer, kwargs["scale"], kwargs["translate"])
+            layer.visible = True
         # the untouched prediction, so the Correct section can tell what the user changed
         layer.metadata["regcon_original"] = np.array(labels, copy=True)
         layer.metadata["regcon_model"] = model
+        layer.metadata["regcon_classes"] = dict(names)
         self.last_prediction = layer
         extra = " (the probability/uncertainty layers are hidden: tick their eye to show them)" \
             if res.probabilities is not None or res.uncertainty is not None else ""
         note = self.runner.note
-        self.status.message = " ".join(filter(None, ["Done: " + ", ".join(["prediction layer added", *res.notes]) + ".",
-                                                     note]))
-        show_info(f"Prediction of '{img.name}' added as '{layer.name}'{extra}.")
+        self.status.message = " ".join(filter(None, ["Done: " + ", ".join([f"prediction layer {verb}", *res.notes])
+                                                     + ".", note]))
+        show_info(f"Prediction of '{img.name}' {verb} as '{layer.name}'{extra}.")
         self.done.emit()
