@@ -94,8 +94,9 @@ class PredictWidget(QWidget):
         self.panel = RunPanel(self.status, "Predict", with_plot=False)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 4, 0, 4)  # inside a Section: its indent is margin enough
-        lay.addWidget(hint("Segments the whole image tile by tile in the background into a new labels layer "
-                           "with the same class values as your training labels."))
+        lay.addWidget(hint("Segments the whole image tile by tile in the background into a labels layer "
+                           "with the same class values as your training labels. Predicting the image again "
+                           "updates that layer, unless you painted corrections on it."))
         lay.addWidget(self.inputs)
         lay.addWidget(self.panel)
         self.status.events.state.connect(lambda s: self.inputs.setEnabled(s == RunState.IDLE))
