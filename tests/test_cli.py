@@ -208,7 +208,8 @@ def test_demo_quick(tmp_path, capsys) -> None:
     assert main(["demo", "--out", str(out), "--pretrain-steps", "4", "--finetune-steps", "30", "--quiet",
                  "--precision", "fp32"]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert 0 <= report["membrane_dice"] <= 1 and report["precision"] == "fp32"
+    assert 0 <= report["membrane_dice"] <= 1 and report["precision"] == "fp32" and report["arithmetic"] == "fp32"
+    assert report["torch_threads"] >= 1
     for name in ("prediction.tif", "overlay.png", "model.pt", "pretrained.pt", "image.tif", "labels.tif"):
         assert (out / name).stat().st_size > 0
     import imageio.v3 as iio

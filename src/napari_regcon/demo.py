@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from napari_regcon.console import progress_bar
 from napari_regcon.core.checkpoint import check_writable
@@ -21,6 +22,7 @@ from napari_regcon.core.errors import RegconError
 from napari_regcon.core.io import atomic_path, write_array
 from napari_regcon.core.metrics import scores
 from napari_regcon.core.options import FinetuneOptions, PretrainOptions
+from napari_regcon.core.precision import precision_name, resolve_precision
 from napari_regcon.core.predict import PredictOptions, predict
 from napari_regcon.core.workflows import finetune_job, pretrain_job
 from napari_regcon.sample_data import load_sample
@@ -95,6 +97,8 @@ def run_demo(out: str | Path = "regcon-demo", pretrain_steps: int = 150, finetun
                     "total": round(time.perf_counter() - t0, 1)},
         "device": str(job.model.head.weight.device),
         "precision": precision,
+        "arithmetic": precision_name(resolve_precision(precision, job.model.head.weight.device)),
+        "torch_threads": torch.get_num_threads(),
         "files": {"prediction": "prediction.tif", "membrane_probability": "membrane_probability.tif",
                   "labels": "labels.tif", "image": "image.tif", "overlay": "overlay.png",
                   "pretrained_bundle": "pretrained.pt", "model_bundle": "model.pt"},
