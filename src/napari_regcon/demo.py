@@ -87,6 +87,7 @@ def run_demo(out: str | Path = "regcon-demo", pretrain_steps: int = 150, finetun
     t_pred = time.perf_counter() - t0 - t_pre - t_ft
 
     result = scores(pred[1:], truth[1:])
+    device_used = job.model.head.weight.device
     report = {
         "membrane_dice": result["classes"][str(MEMBRANE)]["dice"],
         "membrane_iou": result["classes"][str(MEMBRANE)]["iou"],
@@ -95,9 +96,9 @@ def run_demo(out: str | Path = "regcon-demo", pretrain_steps: int = 150, finetun
         "steps": {"pretrain": pretrain_steps, "finetune": finetune_steps},
         "seconds": {"pretrain": round(t_pre, 1), "finetune": round(t_ft, 1), "predict": round(t_pred, 1),
                     "total": round(time.perf_counter() - t0, 1)},
-        "device": str(job.model.head.weight.device),
+        "device": str(device_used),
         "precision": precision,
-        "arithmetic": precision_name(resolve_precision(precision, job.model.head.weight.device)),
+        "arithmetic": precision_name(resolve_precision(precision, device_used)),
         "torch_threads": torch.get_num_threads(),
         "files": {"prediction": "prediction.tif", "membrane_probability": "membrane_probability.tif",
                   "labels": "labels.tif", "image": "image.tif", "overlay": "overlay.png",

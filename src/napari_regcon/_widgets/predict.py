@@ -194,33 +194,34 @@ class PredictWidget(QWidget):
         if tuple(layer.translate) != tuple(translate):
             layer.translate = translate
 
-    def _put_image(self, data: np.ndarray, kind: str, img: Any, **kwargs: Any) -> Any:
-        """Update the image layer of an earlier prediction of ``img``, or add a new one."""
+    def _put(self, add: Any, data: np.ndarray, kind: str, img: Any, **kwargs: Any) -> tuple[Any, bool]:
+        """Update the ``kind`` layer of an earlier prediction of ``img``, or ``add`` a new one;
+        (the layer, whether it was updated)."""
         layer = self._earlier(kind, img, data.shape)
         if layer is None:
-            layer = unwrap(self.viewer.add_image(data, **kwargs))
+            layer = unwrap(add(data, **kwargs))
             layer.metadata.update(regcon_result=kind, regcon_image=img.name)
-        else:
-            layer.data = data
-            self._place(layer, kwargs["scale"], kwargs["translate"])
-        return layer
+            return layer, False
+        layer.data = data
+        self._place(layer, kwargs["scale"], kwargs["translate"])
+        return layer, True
+
+    def _put_image(self, data: np.ndarray, kind: str, img: Any, **kwargs: Any) -> Any:
+        """Update the image layer of an earlier prediction of ``img``, or add a new one."""
+        return self._put(self.viewer.add_image, data, kind, img, **kwargs)[0]
 
     def _add_prediction(self, res: PredictResult, names: dict, img: Any, ca: int | None, model: str) -> None:
         labels = to_layer_data(res.labels, img, ca)
         kwargs = labels_kwargs(names, img, ca)
-        layer = self._earlier("prediction", img, labels.shape)
-        verb = "updated" if layer is not None else "added"
-        if layer is None:
-            layer = unwrap(self.viewer.add_labels(labels, name=f"{img.name} prediction", opacity=0.6, **kwargs))
-            layer.metadata.update(regcon_result="prediction", regcon_image=img.name)
-        else:
-            layer.data = labels
+        layer, updated = self._put(self.viewer.add_labels, labels, "prediction", img,
+                                   name=f"{img.name} prediction", opacity=0.6, **kwargs)
+        verb = "updated" if updated else "added"
+        if updated:
             layer._reset_history()  # its undo steps were of the data just replaced
             if layer.metadata.get("regcon_classes") != names:  # each set redraws: only when the classes changed
                 layer.colormap = kwargs["colormap"]
                 if "features" in kwargs:
                     layer.features = kwargs["features"]
-            self._place(layer, kwargs["scale"], kwargs["translate"])
             layer.visible = True
         # the untouched prediction, so the Correct section can tell what the user changed
         layer.metadata["regcon_original"] = np.array(labels, copy=True)
