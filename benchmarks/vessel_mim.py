@@ -69,7 +69,11 @@ ARMS: dict[str, tuple[str | None, int, str]] = {
     "MIM channel (2-ch)": ("channel", 2, "25%"),
     "random init, full": (None, 1, "full"),
     "MIM intensity, full": ("intensity", 1, "full"),
+    "semi-supervised": (None, 1, "25%"),
 }
+# arms fine-tuned semi-supervised (cross pseudo supervision + patch / pixel contrast, the third paper), with the
+# other stacks' raw data (never their labels) as the unlabeled pool besides stack 01's unlabeled planes
+SEMI_ARMS = {"semi-supervised"}
 
 
 def load(name: str, kind: str = "raw") -> np.ndarray:
@@ -179,7 +183,9 @@ def run(args: argparse.Namespace, name: str = NAME) -> dict[str, Any]:
                                        "loss_first10": float(np.mean(loss[:10])), "loss_last10": float(np.mean(loss[-10:]))}
                 init = pretrained[(mask, channels)]
             t0 = time.perf_counter()
+            unlabeled = [imgs[s] for s in PRETRAIN_STACKS if s != TRAIN_STACK] if arm in SEMI_ARMS else None
             job = finetune_job(imgs[TRAIN_STACK], sparse_labels(truth01, regime), init=init, ndim=args.ndim,
+                               unlabeled=unlabeled,
                                channel_axis=ch_axis, patch_size=patch, steps=args.finetune_steps,
                                batch_size=args.batch_size, lr=args.lr, base=args.base, depth=args.depth, seed=seed,
                                device="cpu", checkpoint_every=0, recipe=recipe, recipe_params=recipe_params,

@@ -325,3 +325,26 @@ def test_predicting_again_updates_the_earlier_result_layers_unless_corrected(mak
     assert (first.data[0, :5, :5] == 1).all() and np.array_equal(pr.last_prediction.data, truth)
     assert w.correct.prediction.layer() is pr.last_prediction
     assert len(viewer.layers) == 5
+
+
+def test_whole_slices_on_part_of_a_stack_train_twice_through_the_widget(make_napari_viewer, qtbot, em_small):
+    """One slice of a stack painted fully: the run says at Start that a second pass will learn from the first
+    model's answer on the other slices, the progress bar counts both passes, and the model kept is the
+    second pass's (self-training, core/selftrain.py)."""
+    raw, truth = em_small
+    viewer, w = make_widget(make_napari_viewer, raw)
+    ft = w.finetune
+    ft.classes.setText("cell, membrane")
+    labels = ft.create_labels_layer()
+    labels.data[0] = truth[0]
+    labels.refresh()
+    painted = np.array(labels.data, copy=True)
+    ft.init.select(None)
+    tiny(ft, steps=3, patch="64")
+    ft.network.base.setValue(8)
+    run(qtbot, ft)
+    assert "second pass" in ft.runner.note and "self-training" in ft.runner.note
+    assert ft.status.total == 6 and ft.panel.bar.maximum() == 6 and ft.panel.bar.value() == 6
+    bundle = w.session.latest("segmentation").bundle
+    assert bundle["data"]["self_trained"] is True and bundle["training"]["step"] == 3
+    np.testing.assert_array_equal(np.asarray(labels.data), painted)  # the model's answer never lands in the labels

@@ -78,6 +78,8 @@ def run_demo(out: str | Path = "regcon-demo", pretrain_steps: int = 150, finetun
     job = finetune_job(raw, labels, FinetuneOptions(steps=finetune_steps, seed=seed, device=device, checkpoint_every=0,
                                                     class_names=["cell interior", "membrane"], precision=precision),
                       init=pretrained)
+    for note in job.info.get("notes", []):
+        _log(f"    {note}", quiet)
     model = job.run(out=out / "model.pt", callback=progress_bar("fine-tune", quiet))
     t_ft = time.perf_counter() - t0 - t_pre
 

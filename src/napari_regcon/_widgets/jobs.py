@@ -147,7 +147,7 @@ def _relay(job: Job, stop: threading.Event, extra: Callable[[], Update | None] |
     bundle = yield from relay(job.events(should_stop=stop.is_set), handle)
     if pending:
         step, loss = pending[-1]
-        yield StepUpdate(step, job.config.steps, loss, 0.0, pending)
+        yield StepUpdate(step, job.total_steps, loss, 0.0, pending)
     if isinstance(extra, _Previewer) and not cancelled:
         upd = extra(force=True)  # the finished model on the plane in view, however short the run
         if upd is not None:

@@ -244,12 +244,14 @@ class TrainingInfo(_Section):
 
 @dataclass
 class DataInfo(_Section):
-    """What the network was trained on: patch size, channel axis, source files, fine-tuning recipe."""
+    """What the network was trained on: patch size, channel axis, source files, fine-tuning recipe, and whether
+    it is the second pass of a self-training run (its labels partly the first pass's answer)."""
 
     patch_size: list[int] | None = None
     channel_axis: int | None = None
     sources: list[str] = field(default_factory=list)
     recipe: dict[str, Any] | None = None
+    self_trained: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -258,12 +260,15 @@ class DataInfo(_Section):
         patch = d.get("patch_size")
         return cls(None if patch is None else _ints(patch, "data.patch_size"),
                    _int(d.get("channel_axis"), "data.channel_axis"),
-                   [str(s) for s in d.get("sources") or []], _table(d.get("recipe"), "data.recipe"), cls._extra(d))
+                   [str(s) for s in d.get("sources") or []], _table(d.get("recipe"), "data.recipe"),
+                   bool(d.get("self_trained", False)), cls._extra(d))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"patch_size": self.patch_size, "channel_axis": self.channel_axis, "sources": self.sources}
         if self.recipe is not None:
             out["recipe"] = self.recipe
+        if self.self_trained:
+            out["self_trained"] = True
         out.update(self.extra)
         return out
 

@@ -75,6 +75,8 @@ class Recipe:
     retrain_as: str | None = None  # a run that continues a segmentation model uses this recipe instead
     filter_scales: tuple[float, ...] = ()  # a new network's fixed multiscale input features (sigmas, pixels)
     encoder_lr_scale: float = 1.0  # from a pretrained (not segmentation) model: the encoder's share of the rate
+    self_train: bool = False  # a 2D network on a stack labeled on some planes: a second pass learns from the
+    # first model's answer on the planes left unlabeled (core/selftrain.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,7 +102,7 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
-    "dense": Recipe(balanced=True, plane_fraction=1.0, prior_shift=0.5, retrain_as="refine"),
+    "dense": Recipe(balanced=True, plane_fraction=1.0, prior_shift=0.5, retrain_as="refine", self_train=True),
     # on a faint image (neighbour contrast under half the edge scale: two-photon, not EM) a 2D network's first
     # run has smoothness 1, as at 3 it floods dim planes with vessel; correction rounds and 3D networks keep 3
     # (in 3D the lighter start made the later rounds fall). Six seeds in 2D, three in 3D: benchmarks.md.

@@ -9,6 +9,7 @@ return value is the final model bundle. Prediction is :mod:`napari_regcon.core.p
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,6 +29,7 @@ from .bundle import (
     as_bundle,
     cpu_weights,
 )
+from .checkpoint import save_bundle
 from .drive import drive
 from .errors import RegconError
 from .filterbank import as_scales
@@ -54,6 +56,7 @@ from .sampling import (
     default_patch_size,
     fit_patch,
 )
+from .selftrain import planes_to_predict, pseudo_labels
 from .semisupervised import SemiSupervisedTask
 from .supervised import SupervisedTask
 from .training import Progress, TrainConfig, iter_train, seed_everything
@@ -82,6 +85,62 @@ class Job:
             callback: Callable[[Progress], None] | None = None) -> dict:
         """Train to the end (or until ``should_stop``), returning the final bundle."""
         return drive(self.events(out, should_stop), callback)
+
+    @property
+    def total_steps(self) -> int:
+        """The step limit of the whole job, as its progress events count it."""
+        return self.config.steps
+
+
+@dataclass
+class SelfTrainingJob(Job):
+    """A fine-tune in two passes (:mod:`~napari_regcon.core.selftrain`): the job as asked, then ``second`` (built
+    from the first pass's bundle) from the same start on the user's planes plus the first model's prediction of
+    the others. Progress counts both passes as one run; stopped in the second pass, the first model is the
+    result. Until the second pass ends, ``model`` is the first pass's (the live preview shows it)."""
+
+    second: Callable[[dict], Job] | None = None
+    second_steps: int = 0
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.steps + self.second_steps
+
+    def events(self, out: str | Path | None = None, should_stop: Callable[[], bool] | None = None
+               ) -> Generator[Progress, None, dict]:
+        total, t0 = self.total_steps, time.perf_counter()
+        state = {"cancelled": False, "offset": 0, "last": False}
+
+        def renumbered(gen: Generator[Progress, None, dict]) -> Generator[Progress, None, dict]:
+            """The pass's events counted within the whole job; its own start / end are the job's only once."""
+            while True:
+                try:
+                    ev = next(gen)
+                except StopIteration as stop:
+                    return stop.value
+                off = state["offset"]
+                if ev.event == "start" and off:
+                    continue
+                if ev.event == "done" and not state["last"]:
+                    continue
+                state["cancelled"] |= ev.event == "cancelled"
+                step, elapsed = ev.step + off, time.perf_counter() - t0
+                eta = elapsed / max(1, step) * (total - step) if ev.event == "step" and step > 0 else ev.eta
+                yield replace(ev, step=step, total=total, elapsed=elapsed, eta=eta)
+
+        first = yield from renumbered(super().events(out, should_stop))
+        if state["cancelled"] or self.second is None or (should_stop is not None and should_stop()):
+            return first
+        job2 = self.second(first)
+        state.update(offset=int(as_bundle(first).training.step), last=True)
+        # ``out`` keeps the first pass's finished bundle until the second ends (a resumed run redoes the second)
+        result = yield from renumbered(job2.events(None, should_stop))
+        if state["cancelled"]:  # a half-trained second network is worse than the first: keep the first
+            return first
+        if out is not None:
+            save_bundle(result, out)
+        self.model, self.bundle_fn = job2.model, job2.bundle_fn
+        return result
 
 
 def _volumes(images: Sequence[Any], channel_axis: int | None, ndim: int) -> list[Volume]:
@@ -294,9 +353,49 @@ def finetune_job(image: Any, labels: Any, options: FinetuneOptions | None = None
                       training=TrainingInfo.from_dict(state),
                       data=DataInfo(list(patch), o.channel_axis, list(sources or []), chosen.to_dict())).to_dict()
 
-    return Job(model, task, sampler, config, bundle_fn, _resume_state(resume_b),
-               {"patch": patch, "normalization": norm, "classes": classes, "labelset": labelset,
-                "recipe": chosen, "notes": notes})
+    info = {"patch": patch, "normalization": norm, "classes": classes, "labelset": labelset, "recipe": chosen,
+            "notes": notes}
+    planes = planes_to_predict(labels) if (chosen.self_train and ndim == 2 and vol.is_3d and not o.dense
+                                           and labelset.plane_share < 1 and init_b_is_start(init_b)
+                                           and not (resume_b is not None and resume_b.data.self_trained)
+                                           and not vols_u) else np.zeros(0, np.int64)
+    if not len(planes):
+        return Job(model, task, sampler, config, bundle_fn, _resume_state(resume_b), info)
+
+    def second(first: dict) -> Job:
+        """The second pass: the first model's classes on ``planes``, then the same start and steps on all of it."""
+        pred, _ = run_predict(first, take_planes(image, planes, o.channel_axis), channel_axis=o.channel_axis,
+                              device=o.device, precision=o.precision, class_prior="on")  # (the labeled image's planes)
+        job2 = finetune_job(image, pseudo_labels(labels, planes, pred),
+                            replace(o, recipe_params={**(o.recipe_params or {}), "self_train": False},
+                                    recipe=name or "auto"), init=init, sources=sources)
+        fn2 = job2.bundle_fn
+
+        def bundle_fn2(m: UNet, history: dict, state: dict) -> dict:
+            out = fn2(m, history, state)  # the first pass's classes: its prior is the user's labels' prior
+            out["classes"] = classes.to_dict()
+            out["data"] = {**out["data"], "recipe": chosen.to_dict(), "self_trained": True}
+            return out
+
+        job2.bundle_fn = bundle_fn2
+        return job2
+
+    notes.append(f"Then a second pass learns from the first model's answer on {len(planes)} unlabeled plane(s) "
+                 f"(self-training): {steps} more steps.")
+    return SelfTrainingJob(model, task, sampler, config, bundle_fn, _resume_state(resume_b), info, second=second,
+                           second_steps=steps)
+
+
+def take_planes(image: Any, planes: np.ndarray, channel_axis: int | None) -> np.ndarray:
+    """The Z planes ``planes`` of a (channel +) ZYX image (numpy, dask or zarr), read one at a time."""
+    ndim = len(image.shape)
+    z = 1 if channel_axis is not None and channel_axis % ndim == 0 else 0
+    return np.stack([np.asarray(image[(slice(None),) * z + (int(i),)]) for i in planes], axis=z)
+
+
+def init_b_is_start(init: Bundle | None) -> bool:
+    """A job from nothing or from a pretrained network (not one continuing a segmentation model: a correction)."""
+    return init is None or not init.is_segmentation
 
 
 def _resume_state(resume: Bundle | dict | None) -> dict | None:
