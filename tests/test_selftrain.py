@@ -120,3 +120,14 @@ def test_no_second_pass_where_it_was_not_measured_or_has_nothing_to_learn(case):
         kw["recipe_params"] = {"self_train": False}
     job = finetune_job(img, lab, **kw)
     assert not isinstance(job, SelfTrainingJob)
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1, -1])
+def test_the_blank_planes_are_read_along_z_whatever_the_channel_axis(axis):
+    from napari_regcon.core.workflows import _take_planes
+
+    zyx = np.arange(5 * 4 * 3, dtype=np.float32).reshape(5, 4, 3)
+    image = zyx if axis is None else np.stack([zyx, -zyx], axis=axis)
+    got = _take_planes(image, np.array([0, 3]), axis)
+    want = zyx[[0, 3]] if axis is None else np.stack([zyx[[0, 3]], -zyx[[0, 3]]], axis=axis)
+    np.testing.assert_array_equal(got, want)

@@ -356,7 +356,7 @@ def finetune_job(image: Any, labels: Any, options: FinetuneOptions | None = None
     info = {"patch": patch, "normalization": norm, "classes": classes, "labelset": labelset, "recipe": chosen,
             "notes": notes}
     planes = planes_to_predict(labels) if (chosen.self_train and ndim == 2 and vol.is_3d and not o.dense
-                                           and labelset.plane_share < 1 and init_b_is_start(init_b)
+                                           and labelset.plane_share < 1 and _starts_fresh(init_b)
                                            and not (resume_b is not None and resume_b.data.self_trained)
                                            and not vols_u) else np.zeros(0, np.int64)
     if not len(planes):
@@ -364,7 +364,7 @@ def finetune_job(image: Any, labels: Any, options: FinetuneOptions | None = None
 
     def second(first: dict) -> Job:
         """The second pass: the first model's classes on ``planes``, then the same start and steps on all of it."""
-        pred, _ = run_predict(first, take_planes(image, planes, o.channel_axis), channel_axis=o.channel_axis,
+        pred, _ = run_predict(first, _take_planes(image, planes, o.channel_axis), channel_axis=o.channel_axis,
                               device=o.device, precision=o.precision, class_prior="on")  # (the labeled image's planes)
         job2 = finetune_job(image, pseudo_labels(labels, planes, pred),
                             replace(o, recipe_params={**(o.recipe_params or {}), "self_train": False},
@@ -386,14 +386,14 @@ def finetune_job(image: Any, labels: Any, options: FinetuneOptions | None = None
                            second_steps=steps)
 
 
-def take_planes(image: Any, planes: np.ndarray, channel_axis: int | None) -> np.ndarray:
+def _take_planes(image: Any, planes: np.ndarray, channel_axis: int | None) -> np.ndarray:
     """The Z planes ``planes`` of a (channel +) ZYX image (numpy, dask or zarr), read one at a time."""
     ndim = len(image.shape)
     z = 1 if channel_axis is not None and channel_axis % ndim == 0 else 0
     return np.stack([np.asarray(image[(slice(None),) * z + (int(i),)]) for i in planes], axis=z)
 
 
-def init_b_is_start(init: Bundle | None) -> bool:
+def _starts_fresh(init: Bundle | None) -> bool:
     """A job from nothing or from a pretrained network (not one continuing a segmentation model: a correction)."""
     return init is None or not init.is_segmentation
 
