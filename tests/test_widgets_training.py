@@ -345,6 +345,8 @@ def test_whole_slices_on_part_of_a_stack_train_twice_through_the_widget(make_nap
     run(qtbot, ft)
     assert "second pass" in ft.runner.note and "self-training" in ft.runner.note
     assert ft.status.total == 6 and ft.panel.bar.maximum() == 6 and ft.panel.bar.value() == 6
-    bundle = w.session.latest("segmentation").bundle
+    entry = w.session.latest("segmentation")
+    bundle = entry.bundle
     assert bundle["data"]["self_trained"] is True and bundle["training"]["step"] == 3
+    assert "2 × 3 steps" in entry.name
     np.testing.assert_array_equal(np.asarray(labels.data), painted)  # the model's answer never lands in the labels

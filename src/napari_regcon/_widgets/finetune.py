@@ -277,14 +277,15 @@ class FinetuneWidget(QWidget):
             self._show_preview(upd)
         elif isinstance(upd, Finished) and upd.result is not None:
             bundle, run = upd.result, self._run
-            steps = as_bundle(bundle).training.step
-            steps = self.status.step if steps is None else steps
+            b = as_bundle(bundle)
+            steps = self.status.step if b.training.step is None else b.training.step
             if upd.cancelled and not steps:
                 self.status.message = "Stopped before the first step; no model was kept."
                 return
             img_name = run["image"].name if run else "image"
             verb = "retrained" if run and run["start_kind"] == "segmentation" else "fine-tuned"
-            name = f"{verb} on {img_name}, {steps} steps" + (" (stopped)" if upd.cancelled else "")
+            passes = "2 × " if b.data.self_trained else ""  # two passes of self-training (core/selftrain.py)
+            name = f"{verb} on {img_name}, {passes}{steps} steps" + (" (stopped)" if upd.cancelled else "")
             self.session.add(ModelEntry(name, bundle))
             ended = f"Done: {upd.message}. " if upd.message else "Done. "
             self.status.message = ("Stopped early. " if upd.cancelled else ended) + \

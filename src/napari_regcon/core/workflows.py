@@ -380,8 +380,8 @@ def finetune_job(image: Any, labels: Any, options: FinetuneOptions | None = None
         job2.bundle_fn = bundle_fn2
         return job2
 
-    notes.append(f"Then a second pass learns from the first model's answer on {len(planes)} unlabeled plane(s) "
-                 f"(self-training): {steps} more steps.")
+    notes.append(f"Two passes (self-training): a second pass learns from the first model's answer on {len(planes)} "
+                 f"unlabeled plane(s); {steps} steps each.")
     return SelfTrainingJob(model, task, sampler, config, bundle_fn, _resume_state(resume_b), info, second=second,
                            second_steps=steps)
 
