@@ -124,10 +124,11 @@ def test_no_second_pass_where_it_was_not_measured_or_has_nothing_to_learn(case):
 
 @pytest.mark.parametrize("axis", [None, 0, 1, -1])
 def test_the_blank_planes_are_read_along_z_whatever_the_channel_axis(axis):
+    from napari_regcon.core.volume import as_volume
     from napari_regcon.core.workflows import _take_planes
 
     zyx = np.arange(5 * 4 * 3, dtype=np.float32).reshape(5, 4, 3)
     image = zyx if axis is None else np.stack([zyx, -zyx], axis=axis)
-    got = _take_planes(image, np.array([0, 3]), axis)
+    got = _take_planes(as_volume(image, axis), np.array([0, 3]))
     want = zyx[[0, 3]] if axis is None else np.stack([zyx[[0, 3]], -zyx[[0, 3]]], axis=axis)
     np.testing.assert_array_equal(got, want)

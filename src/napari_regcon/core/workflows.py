@@ -109,7 +109,7 @@ class SelfTrainingJob(Job):
     def events(self, out: str | Path | None = None, should_stop: Callable[[], bool] | None = None
                ) -> Generator[Progress, None, dict]:
         total, t0 = self.total_steps, time.perf_counter()
-        state = {"cancelled": False, "offset": 0, "last": False}
+        state = {"cancelled": False, "offset": 0, "second": False}
 
         def renumbered(gen: Generator[Progress, None, dict]) -> Generator[Progress, None, dict]:
             """The pass's events counted within the whole job; its own start / end are the job's only once."""
@@ -118,13 +118,10 @@ class SelfTrainingJob(Job):
                     ev = next(gen)
                 except StopIteration as stop:
                     return stop.value
-                off = state["offset"]
-                if ev.event == "start" and off:
-                    continue
-                if ev.event == "done" and not state["last"]:
+                if ev.event == ("done" if not state["second"] else "start"):
                     continue
                 state["cancelled"] |= ev.event == "cancelled"
-                step, elapsed = ev.step + off, time.perf_counter() - t0
+                step, elapsed = ev.step + state["offset"], time.perf_counter() - t0
                 eta = elapsed / max(1, step) * (total - step) if ev.event == "step" and step > 0 else ev.eta
                 yield replace(ev, step=step, total=total, elapsed=elapsed, eta=eta)
 
@@ -132,7 +129,7 @@ class SelfTrainingJob(Job):
         if state["cancelled"] or self.second is None or (should_stop is not None and should_stop()):
             return first
         job2 = self.second(first)
-        state.update(offset=int(as_bundle(first).training.step), last=True)
+        state.update(offset=int(as_bundle(first).training.step), second=True)
         # ``out`` keeps the first pass's finished bundle until the second ends (a resumed run redoes the second)
         result = yield from renumbered(job2.events(None, should_stop))
         if state["cancelled"]:  # a half-trained second network is worse than the first: keep the first
@@ -356,7 +353,8 @@ def finetune_job(image: Any, labels: Any, options: FinetuneOptions | None = None
     info = {"patch": patch, "normalization": norm, "classes": classes, "labelset": labelset, "recipe": chosen,
             "notes": notes}
     planes = planes_to_predict(labels) if (chosen.self_train and ndim == 2 and vol.is_3d and not o.dense
-                                           and labelset.plane_share < 1 and _starts_fresh(init_b)
+                                           and labelset.plane_share < 1
+                                           and not (init_b is not None and init_b.is_segmentation)
                                            and not (resume_b is not None and resume_b.data.self_trained)
                                            and not vols_u) else np.zeros(0, np.int64)
     if not len(planes):
@@ -364,7 +362,7 @@ def finetune_job(image: Any, labels: Any, options: FinetuneOptions | None = None
 
     def second(first: dict) -> Job:
         """The second pass: the first model's classes on ``planes``, then the same start and steps on all of it."""
-        pred, _ = run_predict(first, _take_planes(image, planes, o.channel_axis), channel_axis=o.channel_axis,
+        pred, _ = run_predict(first, _take_planes(vol, planes), channel_axis=o.channel_axis,
                               device=o.device, precision=o.precision, class_prior="on")  # (the labeled image's planes)
         job2 = finetune_job(image, pseudo_labels(labels, planes, pred),
                             replace(o, recipe_params={**(o.recipe_params or {}), "self_train": False},
@@ -386,16 +384,11 @@ def finetune_job(image: Any, labels: Any, options: FinetuneOptions | None = None
                            second_steps=steps)
 
 
-def _take_planes(image: Any, planes: np.ndarray, channel_axis: int | None) -> np.ndarray:
-    """The Z planes ``planes`` of a (channel +) ZYX image (numpy, dask or zarr), read one at a time."""
-    ndim = len(image.shape)
-    z = 1 if channel_axis is not None and channel_axis % ndim == 0 else 0
-    return np.stack([np.asarray(image[(slice(None),) * z + (int(i),)]) for i in planes], axis=z)
-
-
-def _starts_fresh(init: Bundle | None) -> bool:
-    """A job from nothing or from a pretrained network (not one continuing a segmentation model: a correction)."""
-    return init is None or not init.is_segmentation
+def _take_planes(vol: Volume, planes: np.ndarray) -> np.ndarray:
+    """The Z planes ``planes`` of a stack as stored (its channel axis where it was), read one at a time (numpy,
+    dask or zarr)."""
+    z = vol.spatial_axes[0]
+    return np.stack([np.asarray(vol.data[(slice(None),) * z + (int(i),)]) for i in planes], axis=z)
 
 
 def _resume_state(resume: Bundle | dict | None) -> dict | None:
