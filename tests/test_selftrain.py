@@ -132,3 +132,37 @@ def test_the_blank_planes_are_read_along_z_whatever_the_channel_axis(axis):
     got = _take_planes(as_volume(image, axis), np.array([0, 3]))
     want = zyx[[0, 3]] if axis is None else np.stack([zyx[[0, 3]], -zyx[[0, 3]]], axis=axis)
     np.testing.assert_array_equal(got, want)
+
+
+def test_the_live_preview_is_not_redone_while_the_first_model_waits_for_the_second(monkeypatch):
+    """During the second pass the preview's model (the first pass's) does not change: one prediction per plane."""
+    from napari_regcon._widgets import jobs
+    from napari_regcon._widgets.state import PlaneTracker
+
+    img, truth = _stack()
+    job = finetune_job(img, _plane_labels(truth, (1, 4)), **FAST)
+    calls: list[tuple[int, int | None]] = []
+    real = jobs.predict_plane
+    step = {"now": 0}
+
+    def counted(bundle, image, channel_axis, z, *a, **k):
+        calls.append((step["now"], z))
+        return real(bundle, image, channel_axis, z, *a, **k)
+
+    monkeypatch.setattr(jobs, "predict_plane", counted)
+    tracker, enabled = PlaneTracker(), __import__("threading").Event()
+    tracker.set(2)
+    enabled.set()
+    previewer = jobs._Previewer(job, img, jobs.FinetuneParams(preview_every=0.0), tracker, enabled)
+    for ev in job.events():
+        if ev.event != "step":
+            continue
+        step["now"] = ev.step
+        previewer.next_at = 0.0  # as if the cadence allowed a preview after every step
+        if ev.step == 7:
+            tracker.set(3)  # the user looks at another plane: that one is predicted once
+        previewer()
+    first, second = [c for c in calls if c[0] <= 4], [c for c in calls if c[0] > 4]
+    assert len(first) == 4  # the first pass trains: every step's preview is new
+    assert second == [(5, 2), (7, 3)]
+    assert not job.model_frozen  # the job ended: its model is the second pass's

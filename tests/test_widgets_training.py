@@ -349,4 +349,7 @@ def test_whole_slices_on_part_of_a_stack_train_twice_through_the_widget(make_nap
     bundle = entry.bundle
     assert bundle["data"]["self_trained"] is True and bundle["training"]["step"] == 3
     assert "2 × 3 steps" in entry.name
+    plot = ft.panel.plot  # the loss curve starts anew with the second network: the plot marks where
+    assert [m.value() for m in plot.marks] == [3] and plot.steps == [1, 2, 3, 4, 5, 6]
+    assert ft.panel.label.text().startswith("Done") and not ft.status.activity  # the result, not the last step
     np.testing.assert_array_equal(np.asarray(labels.data), painted)  # the model's answer never lands in the labels

@@ -41,7 +41,7 @@ from .options import NetworkOptions, TrainOptions
 from .progress import RunPanel
 from .runner import Runner
 from .state import ModelEntry, PlaneTracker, RunState, RunStatus, Session
-from .updates import Finished, PreviewUpdate, Started, StepUpdate, Update
+from .updates import Finished, PhaseUpdate, PreviewUpdate, Started, StepUpdate, Update
 
 PREVIEW_NAME = "live preview"
 PREVIEW_TEXT = "Live preview (slice in view)"
@@ -271,6 +271,11 @@ class FinetuneWidget(QWidget):
     def _on_update(self, upd: Update) -> None:
         if isinstance(upd, StepUpdate) and self.panel.plot is not None:
             self.panel.plot.add_points(upd.points)
+        elif isinstance(upd, PhaseUpdate):  # a second network starts: its loss starts high again
+            if self.panel.plot is not None:
+                self.panel.plot.redraw()
+                self.panel.plot.mark(upd.step, "second pass")
+            self.status.activity = upd.label
         elif isinstance(upd, Started) and self._run.get("preview"):
             self.status.activity = WARMING_UP
         elif isinstance(upd, PreviewUpdate):
@@ -328,7 +333,8 @@ class FinetuneWidget(QWidget):
         layer = self.preview_layer
         if not in_viewer(self.viewer, layer):
             return
-        self.status.activity = ""
+        if self.status.activity == WARMING_UP:
+            self.status.activity = ""
         if not upd.final:
             run["preview_times"].append(upd.at)
             self.preview.setText(cadence_text(cadence(run["preview_times"]), "this run"))

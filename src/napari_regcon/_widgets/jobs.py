@@ -34,6 +34,7 @@ from .state import PlaneTracker
 from .updates import (
     Failed,
     Finished,
+    PhaseUpdate,
     PredictProgress,
     PredictResult,
     PreviewUpdate,
@@ -115,6 +116,10 @@ def _threads_for(device: str) -> Iterator[None]:
             torch.set_num_threads(old)
 
 
+#: the loss plot's mark and the progress line's words for the second pass of self-training (core/selftrain.py)
+SECOND_PASS = "second pass: learning from the first model's answer"
+
+
 def _relay(job: Job, stop: threading.Event, extra: Callable[[], Update | None] | None = None
            ) -> Iterator[Update]:
     """Run ``job`` and relay its events, batching step events to at most one per UPDATE_EVERY."""
@@ -122,13 +127,20 @@ def _relay(job: Job, stop: threading.Event, extra: Callable[[], Update | None] |
     last = 0.0
     cancelled = False
     message = ""
+    second = False  # the second pass (self-training) has been announced
 
     def handle(ev: Any) -> Iterator[Update]:
-        nonlocal pending, last, cancelled, message
+        nonlocal pending, last, cancelled, message, second
         if ev.event == "start":
             yield Started(ev.total, f"{_device_name(job.config.device)}, {ev.precision}", detail=str(ev.device),
                           note=" ".join(job.info.get("notes", [])))
         elif ev.event == "step":
+            if job.model_frozen and not second:  # the first network is done; a second one starts learning
+                second = True
+                if pending:
+                    yield StepUpdate(pending[-1][0], ev.total, pending[-1][1], ev.eta, pending)
+                    pending = []
+                yield PhaseUpdate(ev.step - 1, SECOND_PASS)
             pending.append((ev.step, ev.loss))
             now = time.monotonic()
             if now - last >= UPDATE_EVERY or ev.step == ev.total:
@@ -241,15 +253,19 @@ class _Previewer:
         patch = job.info.get("patch", (1,))
         self.depth = int(patch[0]) if job.model.config.ndim == 3 else 1
         self.next_at = time.monotonic() + min(1.0, params.preview_every)
+        self.frozen_plane: tuple[int | None] | None = None  # (plane,) last previewed with a model no step changes
 
     def __call__(self, force: bool = False) -> PreviewUpdate | None:
         now = time.monotonic()
         if not self.enabled.is_set() or (now < self.next_at and not force):
             return None
+        at = self.plane.get()
+        if self.job.model_frozen and not force and self.frozen_plane == (at,):
+            return None  # the same model on the same plane: the preview in view is already its answer
         bundle = self.job.bundle_fn(self.job.model, {"step": [], "loss": []}, {})
         options = self.params.options
-        z, labels = predict_plane(bundle, self.image, options.channel_axis, self.plane.get(), self.depth,
-                                  options.device)
+        z, labels = predict_plane(bundle, self.image, options.channel_axis, at, self.depth, options.device)
+        self.frozen_plane = (at,) if self.job.model_frozen else None
         cost = time.monotonic() - now
         if not force and len(np.unique(labels)) < 2:
             # a one-class wash says nothing yet (the first steps): look again soon instead

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pyqtgraph as pg
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from .state import RunState, RunStatus
@@ -51,11 +52,23 @@ class LossPlot(pg.PlotWidget):
         self._smooth = self.plot(pen=pg.mkPen((255, 80, 200), width=2))
         self.steps: list[int] = []
         self.losses: list[float] = []
+        self.marks: list[pg.InfiniteLine] = []
         self._drawn_at = 0.0
 
     def clear_points(self) -> None:
         self.steps, self.losses = [], []
+        for line in self.marks:
+            self.removeItem(line)
+        self.marks = []
         self.redraw()
+
+    def mark(self, step: int, label: str) -> None:
+        """A dashed vertical line at ``step`` with ``label``: where the curve starts anew (a second network)."""
+        line = pg.InfiniteLine(pos=step, angle=90, movable=False,
+                               pen=pg.mkPen((120, 170, 255), width=1, style=Qt.PenStyle.DashLine),
+                               label=label, labelOpts={"position": 0.85, "color": (120, 170, 255)})
+        self.addItem(line)
+        self.marks.append(line)
 
     def add_points(self, points: list[tuple[int, float]]) -> None:
         for step, loss in points:

@@ -171,7 +171,7 @@ class Runner:
 
     def _on_finished(self) -> None:
         _leave_run()
-        self.status.activity = ""
         self.worker, self.stop_event = None, None
         self.session.busy = False
         self.status.state = RunState.IDLE
+        self.status.activity = ""  # after IDLE: clearing it must not redraw the progress line over the result

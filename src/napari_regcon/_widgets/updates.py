@@ -43,6 +43,14 @@ class PreviewUpdate:
 
 
 @dataclass
+class PhaseUpdate:
+    """The run entered another phase at ``step`` (the second pass of self-training): ``label`` says which."""
+
+    step: int
+    label: str
+
+
+@dataclass
 class PredictProgress:
     """Tiled prediction progress: ``done`` tiles of ``total``."""
 
@@ -79,4 +87,4 @@ class PredictResult:
     notes: list[str] = field(default_factory=list)
 
 
-Update = Started | StepUpdate | PreviewUpdate | PredictProgress | Finished | Failed
+Update = Started | StepUpdate | PhaseUpdate | PreviewUpdate | PredictProgress | Finished | Failed

@@ -74,6 +74,8 @@ class Job:
     bundle_fn: Callable[[UNet, dict, dict], dict]
     resume: dict | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    #: True while ``model`` is a finished network that no step changes (a live preview of it need not be redone)
+    model_frozen: bool = False
 
     def events(self, out: str | Path | None = None, should_stop: Callable[[], bool] | None = None
                ) -> Generator[Progress, None, dict]:
@@ -130,8 +132,10 @@ class SelfTrainingJob(Job):
             return first
         job2 = self.second(first)
         state.update(offset=int(as_bundle(first).training.step), second=True)
+        self.model_frozen = True  # ``model`` stays the first pass's finished network until the second ends
         # ``out`` keeps the first pass's finished bundle until the second ends (a resumed run redoes the second)
         result = yield from renumbered(job2.events(None, should_stop))
+        self.model_frozen = False
         if state["cancelled"]:  # a half-trained second network is worse than the first: keep the first
             return first
         if out is not None:
