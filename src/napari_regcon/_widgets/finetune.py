@@ -273,7 +273,6 @@ class FinetuneWidget(QWidget):
             self.panel.plot.add_points(upd.points)
         elif isinstance(upd, PhaseUpdate):  # a second network starts: its loss starts high again
             if self.panel.plot is not None:
-                self.panel.plot.redraw()
                 self.panel.plot.mark(upd.step, "second pass")
             self.status.activity = upd.label
         elif isinstance(upd, Started) and self._run.get("preview"):

@@ -116,7 +116,7 @@ def _threads_for(device: str) -> Iterator[None]:
             torch.set_num_threads(old)
 
 
-#: the loss plot's mark and the progress line's words for the second pass of self-training (core/selftrain.py)
+#: the progress line's words for the second pass of self-training (core/selftrain.py)
 SECOND_PASS = "second pass: learning from the first model's answer"
 
 
@@ -137,9 +137,6 @@ def _relay(job: Job, stop: threading.Event, extra: Callable[[], Update | None] |
         elif ev.event == "step":
             if job.model_frozen and not second:  # the first network is done; a second one starts learning
                 second = True
-                if pending:
-                    yield StepUpdate(pending[-1][0], ev.total, pending[-1][1], ev.eta, pending)
-                    pending = []
                 yield PhaseUpdate(ev.step - 1, SECOND_PASS)
             pending.append((ev.step, ev.loss))
             now = time.monotonic()

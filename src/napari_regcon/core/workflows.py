@@ -111,7 +111,7 @@ class SelfTrainingJob(Job):
     def events(self, out: str | Path | None = None, should_stop: Callable[[], bool] | None = None
                ) -> Generator[Progress, None, dict]:
         total, t0 = self.total_steps, time.perf_counter()
-        state = {"cancelled": False, "offset": 0, "second": False}
+        state = {"cancelled": False, "offset": 0}
 
         def renumbered(gen: Generator[Progress, None, dict]) -> Generator[Progress, None, dict]:
             """The pass's events counted within the whole job; its own start / end are the job's only once."""
@@ -120,7 +120,7 @@ class SelfTrainingJob(Job):
                     ev = next(gen)
                 except StopIteration as stop:
                     return stop.value
-                if ev.event == ("done" if not state["second"] else "start"):
+                if ev.event == ("start" if self.model_frozen else "done"):  # frozen: in the second pass
                     continue
                 state["cancelled"] |= ev.event == "cancelled"
                 step, elapsed = ev.step + state["offset"], time.perf_counter() - t0
@@ -131,7 +131,7 @@ class SelfTrainingJob(Job):
         if state["cancelled"] or self.second is None or (should_stop is not None and should_stop()):
             return first
         job2 = self.second(first)
-        state.update(offset=int(as_bundle(first).training.step), second=True)
+        state["offset"] = int(as_bundle(first).training.step)
         self.model_frozen = True  # ``model`` stays the first pass's finished network until the second ends
         # ``out`` keeps the first pass's finished bundle until the second ends (a resumed run redoes the second)
         result = yield from renumbered(job2.events(None, should_stop))
